@@ -1,0 +1,3 @@
+//! saga-service: a saga orchestrator.
+pub mod domain;
+pub mod saga;
