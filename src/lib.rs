@@ -1,3 +1,12 @@
 //! saga-service: a saga orchestrator.
+pub mod actors;
+pub mod app_state;
+pub mod broker;
+pub mod config;
 pub mod domain;
+pub mod http;
+pub mod metrics;
 pub mod saga;
+pub mod startup;
+pub mod store;
+pub mod stub;

@@ -1,1 +1,71 @@
-fn main() {}
+//! `saga-service`: thin entry point; see `saga_service::startup`.
+
+use clap::Parser;
+use saga_service::config::{Cli, Command, ConfigError};
+use saga_service::startup::Application;
+
+fn fail(e: ConfigError) -> ! {
+    eprintln!("saga-service: {e}");
+    std::process::exit(2)
+}
+
+#[actix_web::main]
+async fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let code = match cli.command {
+        None => serve(cli.serve).await,
+        Some(Command::Serve(args)) => serve(args).await,
+        Some(Command::Migrate(args)) => migrate(args).await,
+        Some(Command::Stub(args)) => stub(args).await,
+    };
+    std::process::exit(code);
+}
+
+async fn serve(args: saga_service::config::ServeArgs) -> i32 {
+    let settings = args.settings().unwrap_or_else(|e| fail(e));
+    let app = match Application::build(settings, true) {
+        Ok(app) => app,
+        Err(e) => {
+            eprintln!("saga-service: cannot start: {e:#}");
+            return 1;
+        }
+    };
+    log::info!("listening on port {}", app.port());
+    match app.run_until_stopped().await {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("saga-service: {e}");
+            1
+        }
+    }
+}
+
+async fn migrate(args: saga_service::config::MigrateArgs) -> i32 {
+    let config =
+        saga_service::config::parse_database_url(&args.database_url).unwrap_or_else(|e| fail(e));
+    let pool = saga_service::store::build_pool(config, 1);
+    match saga_service::store::migrate(&pool).await {
+        Ok(n) => {
+            log::info!("{n} migrations applied");
+            0
+        }
+        Err(e) => {
+            eprintln!("saga-service: migrations failed: {e}");
+            1
+        }
+    }
+}
+
+async fn stub(args: saga_service::config::StubArgs) -> i32 {
+    if let Err(e) = args.check() {
+        fail(e);
+    }
+    match saga_service::stub::run(args).await {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("saga-stub: {e:#}");
+            1
+        }
+    }
+}

@@ -1,1 +1,26 @@
-fn main() {}
+//! `saga-stub`: the participant stub as a binary of its own (same as `saga-service stub`).
+
+use clap::Parser;
+use saga_service::config::StubArgs;
+
+/// A participant stub on one command queue.
+#[derive(Parser)]
+#[command(name = "saga-stub", version, about = "A saga participant stub")]
+struct Cli {
+    #[command(flatten)]
+    args: StubArgs,
+}
+
+#[actix_web::main]
+async fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    if let Err(e) = cli.args.check() {
+        eprintln!("saga-stub: {e}");
+        std::process::exit(2);
+    }
+    if let Err(e) = saga_service::stub::run(cli.args).await {
+        eprintln!("saga-stub: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -227,7 +227,11 @@ mod tests {
             "f.toml",
         )
         .unwrap_err();
-        assert!(err.to_string().contains("step `a` of saga `trip` has no queue"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("step `a` of saga `trip` has no queue"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -240,7 +244,8 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_refused_rather_than_ignored() {
-        let text = "[[sagas]]\nname = \"t\"\n[[sagas.steps]]\nname = \"a\"\nqueue = \"q\"\ntimeout = 5\n";
+        let text =
+            "[[sagas]]\nname = \"t\"\n[[sagas.steps]]\nname = \"a\"\nqueue = \"q\"\ntimeout = 5\n";
         assert!(parse_definitions(text, "f").is_err());
     }
 

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::state::{StepAction, Status};
+use super::state::{Status, StepAction};
 
 /// What a participant said.
 #[derive(Debug, Clone, PartialEq)]

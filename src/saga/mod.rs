@@ -8,5 +8,7 @@ pub mod transition;
 mod tests;
 
 pub use event::{Effect, Event, Record, ReplyOutcome, Transition, TransitionError};
-pub use state::{command_id, Pending, Phase, SagaState, Status, StepAction, StepRecord, StepStatus};
+pub use state::{
+    command_id, Pending, Phase, SagaState, Status, StepAction, StepRecord, StepStatus,
+};
 pub use transition::{apply, resume, start};

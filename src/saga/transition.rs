@@ -18,6 +18,8 @@
 //! completed, compensated: absorb everything (Finished)
 //! ```
 //! Time comes in as `TimerFired` events; nothing here reads a clock or does I/O.
+//! The actor keeps one timer per saga: arming a timer replaces the one armed before,
+//! so a compensate's back-off is never cut short by the time-out of the send it follows.
 
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -125,6 +127,11 @@ pub fn apply(
             return Err(TransitionError::Corrupt(format!("pending step {}", p.step)));
         }
     }
+    if let Some(bad) = state.to_compensate.iter().find(|&&i| i >= def.steps.len()) {
+        return Err(TransitionError::Corrupt(format!(
+            "step {bad} to compensate"
+        )));
+    }
     let mut next = state.clone();
     next.version += 1;
     let mut effects = Vec::new();
@@ -134,9 +141,12 @@ pub fn apply(
             outcome,
         } => {
             let p = pending_for(state, command_id)?;
-            if state.status == Status::Failed && matches!(outcome, ReplyOutcome::Error { .. }) {
-                // A late error for a compensation already given up on changes nothing.
-                return Err(TransitionError::Stale(format!("late error for {command_id}")));
+            if p.phase != Phase::AwaitingReply && matches!(outcome, ReplyOutcome::Error { .. }) {
+                // A repeated error while backing off, or a late one for a compensation already
+                // given up on, says nothing new.
+                return Err(TransitionError::Stale(format!(
+                    "repeated error for {command_id}"
+                )));
             }
             match (p.action, outcome) {
                 (StepAction::Execute, ReplyOutcome::Done { output }) => {
@@ -178,7 +188,9 @@ pub fn apply(
 fn pending_for<'a>(state: &'a SagaState, command_id: &str) -> Result<&'a Pending, TransitionError> {
     match &state.pending {
         Some(p) if p.command_id == command_id => Ok(p),
-        _ => Err(TransitionError::Stale(command_id.chars().take(200).collect())),
+        _ => Err(TransitionError::Stale(
+            command_id.chars().take(200).collect(),
+        )),
     }
 }
 
@@ -424,7 +436,9 @@ fn on_abort(
         )));
     }
     let Some(k) = next.current_step() else {
-        return Err(TransitionError::Corrupt("running without a pending step".into()));
+        return Err(TransitionError::Corrupt(
+            "running without a pending step".into(),
+        ));
     };
     next.steps[k].status = StepStatus::Aborted;
     begin_compensation(next, def, k, true, effects);
@@ -448,7 +462,9 @@ fn on_retry(
         )));
     }
     let Some(p) = next.pending.clone() else {
-        return Err(TransitionError::Corrupt("failed without a pending compensation".into()));
+        return Err(TransitionError::Corrupt(
+            "failed without a pending compensation".into(),
+        ));
     };
     next.status = Status::Compensating;
     send(next, def, p.step, StepAction::Compensate, 1, effects);

@@ -1,0 +1,95 @@
+//! Messages between the HTTP layer, the consumer, the registry and saga actors.
+
+use actix::prelude::*;
+use uuid::Uuid;
+
+use crate::saga::{Effect, Event, SagaState, TransitionError};
+use crate::store::StoreError;
+
+/// What applying an event to a saga came to.
+#[derive(Debug)]
+pub enum Applied {
+    /// A transition was committed.
+    Transitioned,
+    /// The event changes nothing (duplicate, stale, finished saga, or not allowed).
+    Ignored(TransitionError),
+}
+
+/// Why an event could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliverError {
+    /// No saga has this id.
+    #[error("unknown saga {0}")]
+    UnknownSaga(Uuid),
+    /// The store failed (a conflict, or corrupt data); the event was not applied.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The saga's actor stopped before answering; the event was not applied.
+    #[error("saga actor stopped")]
+    ActorGone,
+}
+
+/// Applies an event to one saga: the saga actor commits the transition, then acts on it.
+#[derive(Message)]
+#[rtype(result = "Result<Applied, DeliverError>")]
+pub struct ApplyEvent(pub Event);
+
+/// Asks the registry to route an event to a saga, loading the saga if it is not in memory.
+#[derive(Message)]
+#[rtype(result = "Result<Applied, DeliverError>")]
+pub struct DeliverEvent {
+    /// The saga.
+    pub saga_id: Uuid,
+    /// The event.
+    pub event: Event,
+}
+
+/// Asks the registry to spawn the actor of a saga whose start was just committed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SpawnSaga {
+    /// Its state at version 1.
+    pub state: SagaState,
+    /// The effects of the start transition.
+    pub effects: Vec<Effect>,
+}
+
+/// Asks the registry to spawn actors for sagas loaded from their snapshots, resuming each.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct RehydrateSagas(pub Vec<SagaState>);
+
+/// Tells the registry a saga actor finished its saga and stopped.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RetireSaga {
+    /// The saga.
+    pub saga_id: Uuid,
+    /// The actor that stopped (an older one may stop after a newer was spawned).
+    pub addr: Addr<crate::actors::SagaActor>,
+}
+
+/// Tells the registry a saga actor panicked: restart it from its snapshot.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SagaCrashed {
+    /// The saga.
+    pub saga_id: Uuid,
+}
+
+/// Asks the registry how many saga actors are live.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct CountLive;
+
+/// Test hook: makes a saga actor panic, to show one saga's crash does not touch others.
+#[doc(hidden)]
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Crash;
+
+/// Test hook: routes [`Crash`] to a saga's actor.
+#[doc(hidden)]
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct CrashSaga(pub Uuid);

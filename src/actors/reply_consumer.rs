@@ -1,0 +1,143 @@
+//! The reply consumer: takes deliveries from the reply queue, hands each to the registry,
+//! and acks only once the transition it caused is committed (or it is safely ignored).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use tokio::sync::oneshot;
+
+use super::messages::{Applied, DeliverError, DeliverEvent};
+use super::{Env, Registry};
+use crate::broker::wire::{decode_reply, PoisonReason};
+use crate::broker::{ReplyDelivery, ReplyStream};
+use crate::saga::{Event, TransitionError};
+
+/// Consumes one channel's reply stream; stops when the stream ends.
+pub struct ReplyConsumer {
+    env: Arc<Env>,
+    registry: Addr<Registry>,
+    stream: Option<ReplyStream>,
+    stopped: Option<oneshot::Sender<()>>,
+}
+
+impl ReplyConsumer {
+    /// A consumer of `stream`; `stopped` fires when it stops.
+    pub fn new(
+        env: Arc<Env>,
+        registry: Addr<Registry>,
+        stream: ReplyStream,
+        stopped: oneshot::Sender<()>,
+    ) -> Self {
+        ReplyConsumer {
+            env,
+            registry,
+            stream: Some(stream),
+            stopped: Some(stopped),
+        }
+    }
+}
+
+impl Actor for ReplyConsumer {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if let Some(stream) = self.stream.take() {
+            ctx.add_stream(stream);
+        }
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        if let Some(tx) = self.stopped.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// What to do with a delivery once its fate is known.
+enum Settle {
+    Ack(&'static str),
+    DeadLetter(String),
+    Requeue,
+}
+
+impl StreamHandler<ReplyDelivery> for ReplyConsumer {
+    fn handle(&mut self, delivery: ReplyDelivery, _ctx: &mut Self::Context) {
+        let env = self.env.clone();
+        let registry = self.registry.clone();
+        // Each delivery is settled on its own task: many sagas advance at once, bounded by prefetch.
+        actix::spawn(async move {
+            let settle = match decode_reply(delivery.data(), delivery.correlation_id()) {
+                Err(reason) => Settle::DeadLetter(reason.to_string()),
+                Ok(reply) => {
+                    let saga_id = reply.saga_id;
+                    let event = Event::Reply {
+                        command_id: reply.command_id,
+                        outcome: reply.outcome,
+                    };
+                    match registry.send(DeliverEvent { saga_id, event }).await {
+                        Ok(Ok(Applied::Transitioned)) => Settle::Ack("accepted"),
+                        Ok(Ok(Applied::Ignored(TransitionError::Stale(_))))
+                        | Ok(Ok(Applied::Ignored(TransitionError::Finished(_)))) => {
+                            Settle::Ack("ignored")
+                        }
+                        Ok(Ok(Applied::Ignored(e))) => {
+                            Settle::DeadLetter(format!("saga {saga_id}: {e}"))
+                        }
+                        Ok(Err(DeliverError::UnknownSaga(id))) => {
+                            Settle::DeadLetter(PoisonReason::UnknownSaga(id).to_string())
+                        }
+                        Ok(Err(DeliverError::Store(e))) if !e.is_transient() => match e {
+                            crate::store::StoreError::Corrupt(_) => {
+                                Settle::DeadLetter(format!("saga {saga_id}: {e}"))
+                            }
+                            _ => Settle::Requeue,
+                        },
+                        Ok(Err(_)) | Err(_) => Settle::Requeue,
+                    }
+                }
+            };
+            settle_delivery(&env, delivery, settle).await;
+        });
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        log::warn!("reply stream ended; the connection will be re-established");
+        ctx.stop();
+    }
+}
+
+async fn settle_delivery(env: &Env, delivery: ReplyDelivery, settle: Settle) {
+    let replies = &env.metrics.replies;
+    let result = match settle {
+        Settle::Ack(outcome) => {
+            replies.with_label_values(&[outcome]).inc();
+            delivery.ack().await
+        }
+        Settle::DeadLetter(reason) => {
+            log::warn!("saga=- step=- reply dead-lettered: {reason}");
+            match env
+                .broker
+                .dead_letter(delivery.data(), delivery.properties(), &reason)
+                .await
+            {
+                Ok(()) => {
+                    replies.with_label_values(&["dead_lettered"]).inc();
+                    delivery.ack().await
+                }
+                // Not copied to the DLQ: hand it back rather than lose it.
+                Err(_) => delivery.requeue().await,
+            }
+        }
+        Settle::Requeue => {
+            replies.with_label_values(&["requeued"]).inc();
+            // A short pause so a reply that cannot be applied yet does not spin.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            delivery.requeue().await
+        }
+    };
+    if let Err(e) = result {
+        // The channel is gone: the broker redelivers the reply on the next connection.
+        log::debug!("settling a reply failed: {e}");
+    }
+}

@@ -1,0 +1,346 @@
+//! One actor per saga: applies events through the pure state machine, commits the
+//! snapshot, and only then publishes what follows and answers (so the reply can be acked).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+
+use super::messages::{Applied, ApplyEvent, Crash, DeliverError, RetireSaga, SagaCrashed};
+use super::{Env, Registry};
+use crate::broker::wire::{CommandBody, LifecycleEvent};
+use crate::domain::SagaDefinition;
+use crate::saga::{self, Effect, Event, SagaState, Status, StepAction};
+use crate::store::{SnapshotWrite, StoreError};
+
+/// The actor of one saga.
+pub struct SagaActor {
+    state: SagaState,
+    def: Arc<SagaDefinition>,
+    env: Arc<Env>,
+    registry: Addr<Registry>,
+    initial: Vec<Effect>,
+    /// The one armed timer: arming another replaces it.
+    timer: Option<SpawnHandle>,
+    _guard: CrashGuard,
+}
+
+/// Tells the registry when the actor is dropped by a panic, so it restarts from the snapshot.
+struct CrashGuard {
+    saga_id: uuid::Uuid,
+    registry: Addr<Registry>,
+}
+
+impl Drop for CrashGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.registry.do_send(SagaCrashed {
+                saga_id: self.saga_id,
+            });
+        }
+    }
+}
+
+impl SagaActor {
+    /// An actor for `state` that carries out `initial` effects once started.
+    pub fn new(
+        state: SagaState,
+        def: Arc<SagaDefinition>,
+        env: Arc<Env>,
+        registry: Addr<Registry>,
+        initial: Vec<Effect>,
+    ) -> Self {
+        let _guard = CrashGuard {
+            saga_id: state.saga_id,
+            registry: registry.clone(),
+        };
+        SagaActor {
+            state,
+            def,
+            env,
+            registry,
+            initial,
+            timer: None,
+            _guard,
+        }
+    }
+
+    fn step_name(&self, step: usize) -> &str {
+        self.def
+            .steps
+            .get(step)
+            .map(|s| s.name.as_str())
+            .unwrap_or("?")
+    }
+
+    /// Carries out the effects of a committed transition.
+    fn perform(&mut self, effects: Vec<Effect>, ctx: &mut Context<Self>) {
+        for effect in effects {
+            match effect {
+                Effect::Send {
+                    step,
+                    action,
+                    command_id,
+                    attempt,
+                } => self.send_command(step, action, command_id, attempt, 0, ctx),
+                Effect::ArmTimer {
+                    command_id,
+                    attempt,
+                    after_ms,
+                } => {
+                    if let Some(old) = self.timer.take() {
+                        ctx.cancel_future(old);
+                    }
+                    let handle = ctx.run_later(Duration::from_millis(after_ms), move |act, ctx| {
+                        act.timer = None;
+                        ctx.notify(ApplyEvent(Event::TimerFired {
+                            command_id,
+                            attempt,
+                        }));
+                    });
+                    self.timer = Some(handle);
+                }
+                Effect::Announce(status) => self.announce(status),
+            }
+        }
+    }
+
+    /// Publishes the pending command; on failure retries with back-off while it is still pending.
+    fn send_command(
+        &mut self,
+        step: usize,
+        action: StepAction,
+        command_id: String,
+        attempt: u32,
+        retry: u32,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(def_step) = self.def.steps.get(step) else {
+            return;
+        };
+        let body = CommandBody {
+            command_id: &command_id,
+            saga_id: self.state.saga_id,
+            saga: &self.state.saga,
+            step: &def_step.name,
+            action: action.as_str(),
+            attempt,
+            payload: &self.state.payload,
+            results: &self.state.results,
+        };
+        let Ok(bytes) = serde_json::to_vec(&body) else {
+            return;
+        };
+        let queue = def_step.queue.clone();
+        let broker = self.env.broker.clone();
+        let kind = if attempt > 1 || retry > 0 {
+            "resend"
+        } else {
+            "first"
+        };
+        self.env
+            .metrics
+            .commands
+            .with_label_values(&[action.as_str(), kind])
+            .inc();
+        let cid = command_id.clone();
+        let fut = async move {
+            broker
+                .send_command(&queue, &cid, action.as_str(), &bytes)
+                .await
+        };
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            if let Err(e) = res {
+                let still_pending = act
+                    .state
+                    .pending
+                    .as_ref()
+                    .is_some_and(|p| p.command_id == command_id && p.attempt == attempt);
+                log::warn!(
+                    "saga={} step={} publish of {} failed: {e}; {}",
+                    act.state.saga_id,
+                    act.step_name(step),
+                    action.as_str(),
+                    if still_pending {
+                        "retrying"
+                    } else {
+                        "no longer pending"
+                    }
+                );
+                if still_pending {
+                    let delay = Duration::from_millis((200u64 << retry.min(5)).min(5_000));
+                    ctx.run_later(delay, move |act, ctx| {
+                        let still =
+                            act.state.pending.as_ref().is_some_and(|p| {
+                                p.command_id == command_id && p.attempt == attempt
+                            });
+                        if still {
+                            act.send_command(step, action, command_id, attempt, retry + 1, ctx);
+                        }
+                    });
+                }
+            }
+        }));
+    }
+
+    /// Publishes a lifecycle event; retried in the background for a while if the broker is down.
+    fn announce(&self, status: Status) {
+        let event = LifecycleEvent {
+            saga_id: self.state.saga_id,
+            saga: self.state.saga.clone(),
+            status: status.as_str().to_string(),
+            version: self.state.version,
+            at: chrono::Utc::now().to_rfc3339(),
+        };
+        self.env
+            .metrics
+            .sagas_finished
+            .with_label_values(&[self.state.saga.as_str(), status.as_str()])
+            .inc();
+        let Ok(body) = serde_json::to_vec(&event) else {
+            return;
+        };
+        let key = format!("{}.{}", self.state.saga, status.as_str());
+        let broker = self.env.broker.clone();
+        let saga_id = self.state.saga_id;
+        actix::spawn(async move {
+            for retry in 0..30u32 {
+                match broker.announce(&key, &body).await {
+                    Ok(()) => return,
+                    Err(e) if retry == 29 => {
+                        log::error!(
+                            "saga={saga_id} step=- lifecycle event {key} not announced: {e}"
+                        );
+                    }
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(200 << retry.min(4))).await;
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Commits a snapshot, retrying with back-off while the database is unreachable.
+async fn save_durably(env: Arc<Env>, write: Arc<SnapshotWrite>) -> Result<(), StoreError> {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let started = Instant::now();
+        let write_result = env.writer.save(write.clone()).await;
+        match write_result {
+            Ok(()) => {
+                env.metrics
+                    .snapshot_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                return Ok(());
+            }
+            Err(e) if e.is_transient() => {
+                log::warn!(
+                    "saga={} step={} snapshot v{} not committed ({e}); retrying in {delay:?}",
+                    write.id,
+                    write.step.as_deref().unwrap_or("-"),
+                    write.version
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+impl Actor for SagaActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.env.metrics.live_actors.inc();
+        let effects = std::mem::take(&mut self.initial);
+        self.perform(effects, ctx);
+    }
+
+    fn stopped(&mut self, ctx: &mut Self::Context) {
+        self.env.metrics.live_actors.dec();
+        self.registry.do_send(RetireSaga {
+            saga_id: self.state.saga_id,
+            addr: ctx.address(),
+        });
+    }
+}
+
+impl Handler<ApplyEvent> for SagaActor {
+    type Result = AtomicResponse<Self, Result<Applied, DeliverError>>;
+
+    fn handle(&mut self, msg: ApplyEvent, _ctx: &mut Self::Context) -> Self::Result {
+        let transition = match saga::apply(&self.state, &self.def, &msg.0) {
+            Ok(t) => t,
+            Err(e) => return AtomicResponse::new(Box::pin(fut::ready(Ok(Applied::Ignored(e))))),
+        };
+        let step = transition
+            .state
+            .current_step()
+            .map(|i| self.step_name(i).to_string());
+        let write = match SnapshotWrite::new(&transition.state, step, transition.record.clone()) {
+            Ok(w) => w,
+            Err(e) => return AtomicResponse::new(Box::pin(fut::ready(Err(e.into())))),
+        };
+        let env = self.env.clone();
+        let fut = save_durably(env, Arc::new(write))
+            .into_actor(self)
+            .map(move |res, act, ctx| {
+                match res {
+                    Ok(()) => {
+                        let t = transition;
+                        act.env
+                            .metrics
+                            .transitions
+                            .with_label_values(&[t.record.event.as_str()])
+                            .inc();
+                        log::debug!(
+                            "saga={} step={} {} -> {} v{}",
+                            act.state.saga_id,
+                            t.record.step.as_deref().unwrap_or("-"),
+                            t.record.event,
+                            t.state.status.as_str(),
+                            t.state.version
+                        );
+                        act.state = t.state;
+                        act.perform(t.effects, ctx);
+                        if act.state.status.is_terminal() {
+                            ctx.stop();
+                        }
+                        Ok(Applied::Transitioned)
+                    }
+                    Err(e) => {
+                        log::error!(
+                            "saga={} step=- transition not committed: {e}; reloading from snapshot",
+                            act.state.saga_id
+                        );
+                        // The snapshot moved under us (or is unreadable): let the registry reload it.
+                        ctx.stop();
+                        Err(e.into())
+                    }
+                }
+            });
+        AtomicResponse::new(Box::pin(fut))
+    }
+}
+
+impl Handler<Crash> for SagaActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Crash, _ctx: &mut Self::Context) {
+        panic!(
+            "saga={} step=- crash requested by a test",
+            self.state.saga_id
+        );
+    }
+}
+
+impl Drop for SagaActor {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        self.env.metrics.live_actors.dec();
+    }
+}

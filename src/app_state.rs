@@ -1,0 +1,50 @@
+//! What the HTTP layer shares with the rest of the service.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use actix::Addr;
+use deadpool_postgres::Pool;
+
+use crate::actors::{Env, Registry};
+use crate::metrics::Metrics;
+
+/// The parts that exist once PostgreSQL answered and definitions are registered.
+pub struct Core {
+    /// The saga supervisor.
+    pub registry: Addr<Registry>,
+    /// Writer, broker, catalog, metrics.
+    pub env: Arc<Env>,
+}
+
+/// Shared by every HTTP worker.
+pub struct AppState {
+    /// PostgreSQL pool (exists before PostgreSQL answers).
+    pub pool: Pool,
+    /// Metrics (exist from the start).
+    pub metrics: Metrics,
+    /// Set once start-up got that far.
+    pub core: OnceLock<Core>,
+    /// Unfinished sagas are rehydrated and replies are consumed.
+    pub rehydrated: AtomicBool,
+    /// Refuse new work: the service is shutting down.
+    pub draining: AtomicBool,
+}
+
+impl AppState {
+    /// State before anything is connected.
+    pub fn new(pool: Pool, metrics: Metrics) -> Self {
+        AppState {
+            pool,
+            metrics,
+            core: OnceLock::new(),
+            rehydrated: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether start-up completed.
+    pub fn is_rehydrated(&self) -> bool {
+        self.rehydrated.load(Ordering::Acquire)
+    }
+}

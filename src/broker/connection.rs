@@ -1,0 +1,175 @@
+//! One connection to RabbitMQ, re-established with back-off whenever it drops.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+
+use super::{BrokerError, EVENTS_EXCHANGE};
+use crate::config::QueueType;
+
+/// What the orchestrator declares on every (re)connection.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// The reply queue (its `.dlq` is declared too).
+    pub reply_queue: String,
+    /// Every command queue of every stored definition.
+    pub command_queues: BTreeSet<String>,
+    /// Classic or quorum.
+    pub queue_type: QueueType,
+}
+
+impl Topology {
+    /// The dead-letter queue of the reply queue.
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dlq", self.reply_queue)
+    }
+}
+
+pub(super) struct Links {
+    pub connection: Connection,
+    pub publish: Channel,
+}
+
+/// Handle to the broker connection; cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    pub(super) links: Arc<RwLock<Option<Arc<Links>>>>,
+    url: String,
+    pub(super) topology: Arc<Topology>,
+}
+
+impl Broker {
+    /// A handle that is not connected yet; see [`Broker::connect`].
+    pub fn new(url: String, topology: Topology) -> Self {
+        Broker {
+            links: Arc::new(RwLock::new(None)),
+            url,
+            topology: Arc::new(topology),
+        }
+    }
+
+    /// The topology it declares.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Whether the connection and the publish channel are open.
+    pub fn is_ready(&self) -> bool {
+        match self.current() {
+            Some(l) => l.connection.status().connected() && l.publish.status().connected(),
+            None => false,
+        }
+    }
+
+    pub(super) fn current(&self) -> Option<Arc<Links>> {
+        self.links.read().ok().and_then(|g| g.clone())
+    }
+
+    fn set(&self, links: Option<Arc<Links>>) {
+        if let Ok(mut g) = self.links.write() {
+            *g = links;
+        }
+    }
+
+    /// Connects, declares the topology, opens the publish channel with confirms and a
+    /// consume channel; returns the consume channel's reply stream.
+    pub async fn connect(&self, prefetch: u16) -> Result<super::ReplyStream, BrokerError> {
+        let props =
+            ConnectionProperties::default().with_connection_name(LongString::from("saga-service"));
+        let connection = Connection::connect(&self.url, props).await?;
+        declare_topology(&connection, &self.topology).await?;
+        let publish = connection.create_channel().await?;
+        publish
+            .confirm_select(lapin::options::ConfirmSelectOptions::default())
+            .await?;
+        let consume = connection.create_channel().await?;
+        let stream = super::consumer::start(&consume, &self.topology.reply_queue, prefetch).await?;
+        self.set(Some(Arc::new(Links {
+            connection,
+            publish,
+        })));
+        Ok(stream)
+    }
+
+    /// Resolves when the current connection is lost (polled; lapin reports it as a status).
+    pub async fn closed(&self) {
+        loop {
+            if !self.is_ready() {
+                self.set(None);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Closes the connection (on shutdown).
+    pub async fn close(&self) {
+        if let Some(l) = self.current() {
+            let _ = l.publish.close(200, ShortString::from("shutdown")).await;
+            let _ = l.connection.close(200, ShortString::from("shutdown")).await;
+        }
+        self.set(None);
+    }
+}
+
+fn queue_args(queue_type: QueueType) -> FieldTable {
+    let mut args = FieldTable::default();
+    if queue_type == QueueType::Quorum {
+        args.insert(
+            ShortString::from("x-queue-type"),
+            AMQPValue::LongString(LongString::from("quorum")),
+        );
+    }
+    args
+}
+
+async fn declare_topology(connection: &Connection, t: &Topology) -> Result<(), BrokerError> {
+    let mut channel = connection.create_channel().await?;
+    channel
+        .exchange_declare(
+            ShortString::from(EVENTS_EXCHANGE),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let mut queues = vec![t.reply_queue.clone(), t.dead_letter_queue()];
+    queues.extend(t.command_queues.iter().cloned());
+    for queue in queues {
+        let declared = channel
+            .queue_declare(
+                ShortString::from(queue.as_str()),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                queue_args(t.queue_type),
+            )
+            .await;
+        if let Err(e) = declared {
+            // A queue that exists with other arguments (declared by a participant) closes the
+            // channel; use it as it is if it exists at all.
+            channel = connection.create_channel().await?;
+            channel
+                .queue_declare(
+                    ShortString::from(queue.as_str()),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            log::warn!("queue {queue} exists with other arguments ({e}); using it as it is");
+        }
+    }
+    let _ = channel.close(200, ShortString::from("declared")).await;
+    Ok(())
+}

@@ -1,0 +1,75 @@
+//! The reply queue's deliveries, as the consumer actor sees them.
+
+use futures_util::{Stream, StreamExt};
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{BasicProperties, Channel};
+
+use super::BrokerError;
+
+/// One reply delivery; ack or reject it exactly once.
+pub struct ReplyDelivery {
+    inner: Delivery,
+}
+
+impl ReplyDelivery {
+    /// The body.
+    pub fn data(&self) -> &[u8] {
+        &self.inner.data
+    }
+
+    /// The AMQP `correlation_id`, if any.
+    pub fn correlation_id(&self) -> Option<&str> {
+        self.inner
+            .properties
+            .correlation_id()
+            .as_ref()
+            .map(|s| s.as_str())
+    }
+
+    /// Its properties (kept when dead-lettering).
+    pub fn properties(&self) -> &BasicProperties {
+        &self.inner.properties
+    }
+
+    /// Acks it: the work it caused is durable, or it is safely ignored.
+    pub async fn ack(&self) -> Result<(), BrokerError> {
+        self.inner.ack(BasicAckOptions::default()).await?;
+        Ok(())
+    }
+
+    /// Hands it back to the broker for redelivery (the work it caused could not be made durable).
+    pub async fn requeue(&self) -> Result<(), BrokerError> {
+        self.inner
+            .reject(BasicRejectOptions { requeue: true })
+            .await?;
+        Ok(())
+    }
+}
+
+/// The stream of reply deliveries of one consume channel.
+pub type ReplyStream = std::pin::Pin<Box<dyn Stream<Item = ReplyDelivery> + Send>>;
+
+pub(super) async fn start(
+    channel: &Channel,
+    queue: &str,
+    prefetch: u16,
+) -> Result<ReplyStream, BrokerError> {
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    let consumer = channel
+        .basic_consume(
+            ShortString::from(queue),
+            ShortString::from("saga-service"),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    // A consumer error means the channel is gone: the stream ends and the connection loop reconnects.
+    let stream = consumer
+        .take_while(|d| std::future::ready(d.is_ok()))
+        .filter_map(|d| std::future::ready(d.ok().map(|inner| ReplyDelivery { inner })));
+    Ok(Box::pin(stream))
+}

@@ -1,0 +1,33 @@
+//! The only module that imports lapin: connection and recovery, topology, publisher, consumer.
+
+mod connection;
+mod consumer;
+mod publisher;
+pub mod wire;
+
+pub use connection::{Broker, Topology};
+pub use consumer::{ReplyDelivery, ReplyStream};
+
+/// Name of the topic exchange lifecycle events go to.
+pub const EVENTS_EXCHANGE: &str = "saga.events";
+
+/// Why a broker call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// No connection to RabbitMQ right now.
+    #[error("broker not connected")]
+    NotConnected,
+    /// The AMQP client reported an error.
+    #[error("amqp: {0}")]
+    Amqp(#[from] lapin::Error),
+    /// The broker refused (nacked) a publish.
+    #[error("broker nacked the publish to {0}")]
+    Nacked(String),
+}
+
+impl BrokerError {
+    /// Worth retrying once the connection is back.
+    pub fn is_transient(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,220 @@
+//! Wire envelopes of CONTRACT.md section 3: commands, replies, lifecycle events.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::saga::ReplyOutcome;
+
+/// Replies larger than this are dead-lettered unread.
+pub const MAX_REPLY_BYTES: usize = 1024 * 1024;
+
+/// A command's body.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct CommandBody<'a> {
+    /// Stable id of this step action.
+    pub command_id: &'a str,
+    /// The saga.
+    pub saga_id: Uuid,
+    /// The saga type.
+    pub saga: &'a str,
+    /// The step's name.
+    pub step: &'a str,
+    /// `execute` or `compensate`.
+    pub action: &'a str,
+    /// Which send this is (1-based).
+    pub attempt: u32,
+    /// The saga's start payload.
+    pub payload: &'a Value,
+    /// Outputs of the steps done so far, by step name.
+    pub results: &'a Map<String, Value>,
+}
+
+/// A reply that decoded: one that names a saga and a command.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    /// The command it answers.
+    pub command_id: String,
+    /// The saga it is for.
+    pub saga_id: Uuid,
+    /// Done with output, or error.
+    pub outcome: ReplyOutcome,
+}
+
+/// Why a reply cannot be applied: it goes to `<reply queue>.dlq` with this reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PoisonReason {
+    /// Empty body.
+    #[error("empty body")]
+    Empty,
+    /// Over [`MAX_REPLY_BYTES`].
+    #[error("body of {0} bytes is over the limit of 1 MiB")]
+    TooLarge(usize),
+    /// Not UTF-8.
+    #[error("body is not UTF-8")]
+    NotUtf8,
+    /// Not a JSON object, or a field of the wrong type.
+    #[error("body is not a valid reply: {0}")]
+    Invalid(String),
+    /// Neither `command_id` in the body nor a `correlation_id` property.
+    #[error("missing field `command_id` (and no correlation_id property)")]
+    NoCommandId,
+    /// `saga_id` is not a UUID.
+    #[error("saga_id `{0}` is not a UUID")]
+    BadSagaId(String),
+    /// `status` is neither `done` nor `error`.
+    #[error("status `{0}` is neither done nor error")]
+    BadStatus(String),
+    /// No saga has this id.
+    #[error("unknown saga_id {0}")]
+    UnknownSaga(Uuid),
+    /// The saga exists but could not take the reply.
+    #[error("{0}")]
+    Rejected(String),
+}
+
+#[derive(Deserialize)]
+struct RawReply {
+    #[serde(default)]
+    command_id: Option<String>,
+    saga_id: String,
+    status: String,
+    #[serde(default)]
+    output: Option<Value>,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+/// Decodes a reply body; `correlation_id` stands in for a missing `command_id`.
+pub fn decode_reply(body: &[u8], correlation_id: Option<&str>) -> Result<Reply, PoisonReason> {
+    if body.is_empty() {
+        return Err(PoisonReason::Empty);
+    }
+    if body.len() > MAX_REPLY_BYTES {
+        return Err(PoisonReason::TooLarge(body.len()));
+    }
+    let text = std::str::from_utf8(body).map_err(|_| PoisonReason::NotUtf8)?;
+    let raw: RawReply =
+        serde_json::from_str(text).map_err(|e| PoisonReason::Invalid(e.to_string()))?;
+    let saga_id = Uuid::parse_str(&raw.saga_id)
+        .map_err(|_| PoisonReason::BadSagaId(raw.saga_id.chars().take(64).collect()))?;
+    let command_id = match raw.command_id.filter(|c| !c.is_empty()) {
+        Some(c) => c,
+        None => correlation_id
+            .filter(|c| !c.is_empty())
+            .map(str::to_string)
+            .ok_or(PoisonReason::NoCommandId)?,
+    };
+    let outcome = match raw.status.as_str() {
+        "done" => ReplyOutcome::Done {
+            output: raw.output.unwrap_or_else(|| Value::Object(Map::new())),
+        },
+        "error" => ReplyOutcome::Error {
+            error: raw.error.map(|e| match e {
+                Value::String(s) => s,
+                other => other.to_string(),
+            }),
+        },
+        other => return Err(PoisonReason::BadStatus(other.chars().take(64).collect())),
+    };
+    Ok(Reply {
+        command_id,
+        saga_id,
+        outcome,
+    })
+}
+
+/// Body of a lifecycle event on `saga.events`.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct LifecycleEvent {
+    /// The saga.
+    pub saga_id: Uuid,
+    /// Its type.
+    pub saga: String,
+    /// Its new status.
+    pub status: String,
+    /// Its version after the transition.
+    pub version: i64,
+    /// When it was announced (RFC 3339).
+    pub at: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "0b6e8f5e-3f55-4a8e-9c39-1b1a4c3f1f00";
+
+    #[test]
+    fn a_done_reply_decodes_with_output() {
+        let body = format!(
+            r#"{{"command_id":"c","saga_id":"{ID}","status":"done","output":{{"x":1}},"extra":true}}"#
+        );
+        let r = decode_reply(body.as_bytes(), None).unwrap();
+        assert_eq!(r.command_id, "c");
+        assert_eq!(
+            r.outcome,
+            ReplyOutcome::Done {
+                output: serde_json::json!({"x":1})
+            }
+        );
+    }
+
+    #[test]
+    fn correlation_id_stands_in_for_command_id() {
+        let body = format!(r#"{{"saga_id":"{ID}","status":"error","error":"no stock"}}"#);
+        let r = decode_reply(body.as_bytes(), Some("c2")).unwrap();
+        assert_eq!(r.command_id, "c2");
+        assert_eq!(
+            r.outcome,
+            ReplyOutcome::Error {
+                error: Some("no stock".into())
+            }
+        );
+        assert_eq!(
+            decode_reply(body.as_bytes(), None),
+            Err(PoisonReason::NoCommandId)
+        );
+    }
+
+    #[test]
+    fn poison_kinds_are_named() {
+        assert_eq!(decode_reply(b"", None), Err(PoisonReason::Empty));
+        assert_eq!(
+            decode_reply(&[0xff, 0xfe], None),
+            Err(PoisonReason::NotUtf8)
+        );
+        assert!(matches!(
+            decode_reply(b"nope", None),
+            Err(PoisonReason::Invalid(_))
+        ));
+        assert!(matches!(
+            decode_reply(br#"{"status":"done"}"#, Some("c")),
+            Err(PoisonReason::Invalid(_))
+        ));
+        assert!(matches!(
+            decode_reply(br#"{"saga_id":"x","status":"done"}"#, Some("c")),
+            Err(PoisonReason::BadSagaId(_))
+        ));
+        let body = format!(r#"{{"saga_id":"{ID}","status":"maybe"}}"#);
+        assert!(matches!(
+            decode_reply(body.as_bytes(), Some("c")),
+            Err(PoisonReason::BadStatus(_))
+        ));
+        let body = format!(r#"{{"saga_id":"{ID}","status":5}}"#);
+        assert!(matches!(
+            decode_reply(body.as_bytes(), Some("c")),
+            Err(PoisonReason::Invalid(_))
+        ));
+        let deep = "[".repeat(100_000);
+        assert!(matches!(
+            decode_reply(deep.as_bytes(), Some("c")),
+            Err(PoisonReason::Invalid(_))
+        ));
+        let big = vec![b' '; MAX_REPLY_BYTES + 1];
+        assert!(matches!(
+            decode_reply(&big, None),
+            Err(PoisonReason::TooLarge(_))
+        ));
+    }
+}

@@ -1,0 +1,281 @@
+//! One settings tree from flags, environment and defaults (CONTRACT.md section 1).
+//!
+//! Everything is parsed here, before any connection is tried: a bad value stops
+//! start-up with one line naming it and exit code 2.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::domain::{load_definitions, SagaDefinition};
+
+/// Command line of `saga-service`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "saga-service",
+    version,
+    about = "A saga orchestrator over RabbitMQ and PostgreSQL"
+)]
+pub struct Cli {
+    /// What to run; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Orchestrator settings (also read by `serve` when no subcommand is given).
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply pending migrations, rehydrate unfinished sagas, serve HTTP (the default).
+    Serve(ServeArgs),
+    /// Apply pending migrations and exit.
+    Migrate(MigrateArgs),
+    /// Run a participant stub on one command queue.
+    Stub(StubArgs),
+}
+
+/// Queue type of the queues the orchestrator declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum QueueType {
+    /// Classic queues (compatible with queues participants declared plainly).
+    Classic,
+    /// Quorum queues (replicated, always on disk).
+    Quorum,
+}
+
+/// Flags of `migrate`.
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    /// PostgreSQL URL.
+    #[arg(
+        long,
+        env = "SAGA_DATABASE_URL",
+        default_value = "postgres://postgres:postgres@localhost:5432/postgres"
+    )]
+    pub database_url: String,
+}
+
+/// Flags of `serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// PostgreSQL URL.
+    #[arg(
+        long,
+        env = "SAGA_DATABASE_URL",
+        default_value = "postgres://postgres:postgres@localhost:5432/postgres"
+    )]
+    pub database_url: String,
+    /// RabbitMQ URL.
+    #[arg(
+        long,
+        env = "SAGA_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
+    /// HTTP listen address.
+    #[arg(long, env = "SAGA_HTTP_ADDR", default_value = "0.0.0.0:3000")]
+    pub http_addr: String,
+    /// Path of a TOML file of saga definitions (the built-in `default` saga otherwise).
+    #[arg(long, env = "SAGA_DEFINITIONS")]
+    pub definitions: Option<PathBuf>,
+    /// Queue the orchestrator consumes replies from.
+    #[arg(long, env = "SAGA_REPLY_QUEUE", default_value = "responses")]
+    pub reply_queue: String,
+    /// Type of the queues the orchestrator declares.
+    #[arg(long, env = "SAGA_QUEUE_TYPE", value_enum, default_value = "classic")]
+    pub queue_type: QueueType,
+    /// Replies the broker may hand over before any is acked.
+    #[arg(long, env = "SAGA_PREFETCH", default_value_t = 1000)]
+    pub prefetch: u16,
+    /// Maximum PostgreSQL connections.
+    #[arg(long, env = "SAGA_DB_POOL_SIZE", default_value_t = 16)]
+    pub db_pool_size: usize,
+    /// Concurrent snapshot-writer transactions (each commits a batch of transitions).
+    #[arg(long, env = "SAGA_SNAPSHOT_WRITERS", default_value_t = 4)]
+    pub snapshot_writers: usize,
+    /// Most transitions committed in one snapshot transaction.
+    #[arg(long, env = "SAGA_SNAPSHOT_BATCH", default_value_t = 256)]
+    pub snapshot_batch: usize,
+    /// HTTP worker threads.
+    #[arg(long, env = "SAGA_HTTP_WORKERS", default_value_t = 2)]
+    pub http_workers: usize,
+    /// Seconds given to in-flight work on SIGTERM before the process exits.
+    #[arg(long, env = "SAGA_SHUTDOWN_TIMEOUT_S", default_value_t = 10)]
+    pub shutdown_timeout_s: u64,
+}
+
+/// Flags of the participant stub (`saga-service stub` and `saga-stub`).
+#[derive(Debug, Clone, Args)]
+pub struct StubArgs {
+    /// Command queue to consume.
+    #[arg(long, env = "SAGA_STUB_QUEUE")]
+    pub queue: String,
+    /// Service name put in replies (`service`); the queue name when omitted.
+    #[arg(long, env = "SAGA_STUB_SERVICE")]
+    pub service: Option<String>,
+    /// Probability (0..1) of answering `error` to an execute.
+    #[arg(long, env = "SAGA_STUB_ERROR_RATE", default_value_t = 0.0)]
+    pub error_rate: f64,
+    /// Delay before each reply, in milliseconds.
+    #[arg(long, env = "SAGA_STUB_DELAY_MS", default_value_t = 0)]
+    pub delay_ms: u64,
+    /// Append one line per executed or compensated command to this file (an effect log).
+    #[arg(long, env = "SAGA_STUB_EFFECTS")]
+    pub effects: Option<PathBuf>,
+    /// Commands handled at once.
+    #[arg(long, env = "SAGA_STUB_PREFETCH", default_value_t = 200)]
+    pub prefetch: u16,
+    /// RabbitMQ URL.
+    #[arg(
+        long,
+        env = "SAGA_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
+}
+
+/// A bad configuration value: start-up stops with this one line, exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// Validated settings of the orchestrator.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// PostgreSQL connection settings.
+    pub database: tokio_postgres::Config,
+    /// RabbitMQ URL (validated).
+    pub amqp_url: String,
+    /// HTTP listen address (port 0 picks a free one).
+    pub http_addr: SocketAddr,
+    /// The definitions in force.
+    pub definitions: Vec<SagaDefinition>,
+    /// The reply queue.
+    pub reply_queue: String,
+    /// Queue type.
+    pub queue_type: QueueType,
+    /// Broker prefetch for replies.
+    pub prefetch: u16,
+    /// Pool size.
+    pub db_pool_size: usize,
+    /// Concurrent snapshot transactions.
+    pub snapshot_writers: usize,
+    /// Transitions per snapshot transaction at most.
+    pub snapshot_batch: usize,
+    /// HTTP workers.
+    pub http_workers: usize,
+    /// Grace period on SIGTERM.
+    pub shutdown_timeout: Duration,
+}
+
+/// Parses a PostgreSQL URL, naming it on failure.
+pub fn parse_database_url(url: &str) -> Result<tokio_postgres::Config, ConfigError> {
+    tokio_postgres::Config::from_str(url)
+        .map_err(|e| ConfigError(format!("invalid SAGA_DATABASE_URL `{url}`: {e}")))
+}
+
+/// Checks a RabbitMQ URL, naming it on failure.
+pub fn check_amqp_url(url: &str) -> Result<String, ConfigError> {
+    lapin::uri::AMQPUri::from_str(url)
+        .map(|_| url.to_string())
+        .map_err(|e| ConfigError(format!("invalid SAGA_AMQP_URL `{url}`: {e}")))
+}
+
+fn check_queue_name(what: &str, name: &str) -> Result<(), ConfigError> {
+    if name.trim().is_empty() || name.len() > 240 || name.starts_with("amq.") {
+        return Err(ConfigError(format!(
+            "invalid {what} `{name}`: must be 1-240 characters and not start with `amq.`"
+        )));
+    }
+    Ok(())
+}
+
+impl ServeArgs {
+    /// Validates every value; the error names the one that is wrong.
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
+        let database = parse_database_url(&self.database_url)?;
+        let amqp_url = check_amqp_url(&self.amqp_url)?;
+        let http_addr = SocketAddr::from_str(&self.http_addr).map_err(|e| {
+            ConfigError(format!("invalid SAGA_HTTP_ADDR `{}`: {e}", self.http_addr))
+        })?;
+        let definitions = load_definitions(self.definitions.as_deref())
+            .map_err(|e| ConfigError(format!("SAGA_DEFINITIONS: {e}")))?;
+        check_queue_name("SAGA_REPLY_QUEUE", &self.reply_queue)?;
+        let positive = |name: &str, v: usize| {
+            if v == 0 {
+                Err(ConfigError(format!("{name} must be at least 1")))
+            } else {
+                Ok(v)
+            }
+        };
+        Ok(Settings {
+            database,
+            amqp_url,
+            http_addr,
+            definitions,
+            reply_queue: self.reply_queue.clone(),
+            queue_type: self.queue_type,
+            prefetch: self.prefetch.max(1),
+            db_pool_size: positive("SAGA_DB_POOL_SIZE", self.db_pool_size)?,
+            snapshot_writers: positive("SAGA_SNAPSHOT_WRITERS", self.snapshot_writers)?,
+            snapshot_batch: positive("SAGA_SNAPSHOT_BATCH", self.snapshot_batch)?,
+            http_workers: positive("SAGA_HTTP_WORKERS", self.http_workers)?,
+            shutdown_timeout: Duration::from_secs(self.shutdown_timeout_s),
+        })
+    }
+}
+
+impl StubArgs {
+    /// Validates the stub's values.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        check_amqp_url(&self.amqp_url)?;
+        check_queue_name("SAGA_STUB_QUEUE", &self.queue)?;
+        if !(0.0..=1.0).contains(&self.error_rate) {
+            return Err(ConfigError(format!(
+                "invalid SAGA_STUB_ERROR_RATE `{}`: must be between 0 and 1",
+                self.error_rate
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Result<Settings, ConfigError> {
+        let mut argv = vec!["saga-service", "serve"];
+        argv.extend_from_slice(extra);
+        let cli = Cli::try_parse_from(argv).map_err(|e| ConfigError(e.to_string()))?;
+        match cli.command {
+            Some(Command::Serve(a)) => a.settings(),
+            _ => Err(ConfigError("not serve".into())),
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let s = args(&[]).unwrap();
+        assert_eq!(s.reply_queue, "responses");
+        assert_eq!(s.http_addr.port(), 3000);
+        assert_eq!(s.definitions.len(), 1);
+    }
+
+    #[test]
+    fn a_bad_value_is_named_in_the_error() {
+        let e = args(&["--amqp-url", "http://nope"]).unwrap_err();
+        assert!(e.0.contains("SAGA_AMQP_URL"), "{e}");
+        let e = args(&["--http-addr", "localhost"]).unwrap_err();
+        assert!(e.0.contains("SAGA_HTTP_ADDR"), "{e}");
+        let e = args(&["--database-url", "postgres://a:b@h:notaport/x"]).unwrap_err();
+        assert!(e.0.contains("SAGA_DATABASE_URL"), "{e}");
+        let e = args(&["--definitions", "/nonexistent/defs.toml"]).unwrap_err();
+        assert!(e.0.contains("/nonexistent/defs.toml"), "{e}");
+    }
+}

@@ -1,0 +1,42 @@
+//! The only module that imports actix_web: routes of CONTRACT.md section 5.
+
+mod body;
+pub mod errors;
+mod health;
+mod sagas;
+mod start;
+
+use actix_web::web;
+
+pub use errors::ApiError;
+
+/// Registers every route.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/start", web::post().to(start::start))
+        .route("/sagas", web::get().to(sagas::list))
+        .route("/sagas/{id}", web::get().to(sagas::get))
+        .route("/sagas/{id}/abort", web::post().to(sagas::abort))
+        .route("/sagas/{id}/retry", web::post().to(sagas::retry))
+        .route("/liveness", web::get().to(health::liveness))
+        .route("/readiness", web::get().to(health::readiness))
+        .route("/metrics", web::get().to(health::metrics))
+        .default_service(web::to(not_found));
+}
+
+async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {
+    Err(ApiError::NotFound("no such route".into()))
+}
+
+/// The parts that exist once start-up reached PostgreSQL, or 503.
+fn core(state: &crate::app_state::AppState) -> Result<&crate::app_state::Core, ApiError> {
+    if state.draining.load(std::sync::atomic::Ordering::Acquire) {
+        return Err(ApiError::Unavailable("shutting down".into()));
+    }
+    state
+        .core
+        .get()
+        .filter(|_| state.is_rehydrated())
+        .ok_or_else(|| {
+            ApiError::Unavailable("starting: waiting for PostgreSQL and RabbitMQ".into())
+        })
+}

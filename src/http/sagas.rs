@@ -1,0 +1,128 @@
+//! `GET /sagas`, `GET /sagas/{id}`, and the operator actions.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{core, ApiError};
+use crate::actors::messages::{Applied, DeliverError, DeliverEvent};
+use crate::app_state::AppState;
+use crate::domain::SagaId;
+use crate::saga::{Event, Status, TransitionError};
+use crate::store::{queries, Cursor, ListFilter};
+
+fn parse_id(raw: &str) -> Result<SagaId, ApiError> {
+    SagaId::parse_any(raw).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+/// One saga with its history, by UUID or base62 code.
+pub async fn get(
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&path)?;
+    let view = queries::view(&state.pool, id.0)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no saga {id}")))?;
+    Ok(HttpResponse::Ok().json(view))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    status: Option<String>,
+    saga: Option<String>,
+    limit: Option<String>,
+    after: Option<String>,
+}
+
+/// Newest first, filtered by status and type, keyset-paginated by `after`.
+pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let q: ListQuery = serde_urlencoded::from_str(req.query_string())
+        .map_err(|e| ApiError::BadRequest(format!("bad query: {e}")))?;
+    let status = match q.status.filter(|s| !s.is_empty()) {
+        Some(s) => Some(
+            Status::parse(&s)
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "unknown status `{}`",
+                        s.chars().take(50).collect::<String>()
+                    ))
+                })?
+                .as_str()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let limit = match q.limit.filter(|s| !s.is_empty()) {
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=500).contains(l))
+            .ok_or_else(|| {
+                ApiError::BadRequest("limit must be a whole number from 1 to 500".into())
+            })?,
+        None => 50,
+    };
+    let after = match q.after.filter(|s| !s.is_empty()) {
+        Some(a) => Some(
+            Cursor::decode(&a).ok_or_else(|| ApiError::BadRequest("bad `after` cursor".into()))?,
+        ),
+        None => None,
+    };
+    let filter = ListFilter {
+        status,
+        saga: q.saga.filter(|s| !s.is_empty()),
+        limit,
+        after,
+    };
+    let (rows, next) = queries::list(&state.pool, &filter).await?;
+    Ok(HttpResponse::Ok().json(json!({ "sagas": rows, "next": next.map(|c| c.encode()) })))
+}
+
+async fn operator(raw_id: &str, event: Event, state: &AppState) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(raw_id)?;
+    let core = core(state)?;
+    let action = match event {
+        Event::Abort => "abort",
+        Event::Retry => "retry",
+        _ => "action",
+    };
+    let answer = core
+        .registry
+        .send(DeliverEvent {
+            saga_id: id.0,
+            event,
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("registry unreachable: {e}")))?;
+    match answer {
+        Ok(Applied::Transitioned) => Ok(HttpResponse::Accepted().json(json!({
+            "saga_id": id, "code": id.code(), "accepted": action
+        }))),
+        Ok(Applied::Ignored(
+            e @ (TransitionError::Finished(_) | TransitionError::NotAllowed(_)),
+        )) => Err(ApiError::Conflict(e.to_string())),
+        Ok(Applied::Ignored(e)) => Err(ApiError::Conflict(e.to_string())),
+        Err(DeliverError::UnknownSaga(_)) => Err(ApiError::NotFound(format!("no saga {id}"))),
+        Err(DeliverError::Store(e)) => Err(e.into()),
+        Err(DeliverError::ActorGone) => Err(ApiError::Unavailable(
+            "saga is restarting; try again".into(),
+        )),
+    }
+}
+
+/// A running saga starts compensating.
+pub async fn abort(
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    operator(&path, Event::Abort, &state).await
+}
+
+/// A failed saga re-sends its failed compensation.
+pub async fn retry(
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    operator(&path, Event::Retry, &state).await
+}

@@ -1,0 +1,180 @@
+//! `POST /start`: store the saga, then let its actor send step 1.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::{json, Map, Value};
+
+use super::body::{parse_form, read_limited};
+use super::{core, ApiError};
+use crate::actors::messages::SpawnSaga;
+use crate::app_state::AppState;
+use crate::domain::SagaId;
+use crate::saga;
+use crate::store::InsertOutcome;
+
+/// A decoded start request.
+#[derive(Debug)]
+struct StartRequest {
+    saga_id: SagaId,
+    saga: String,
+    payload: Value,
+}
+
+fn field_str(v: &Value, name: &str) -> Result<Option<String>, ApiError> {
+    match v.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(ApiError::BadRequest(format!(
+            "field `{name}` must be a string"
+        ))),
+    }
+}
+
+fn from_json(body: &[u8]) -> Result<StartRequest, ApiError> {
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("bad JSON: {e}")))?;
+    if !v.is_object() {
+        return Err(ApiError::BadRequest("body must be a JSON object".into()));
+    }
+    let saga_id = field_str(&v, "saga_id")?
+        .ok_or_else(|| ApiError::BadRequest("missing field `saga_id`".into()))?;
+    let payload = match v.get("payload") {
+        None | Some(Value::Null) => Value::Object(Map::new()),
+        Some(p @ Value::Object(_)) => p.clone(),
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "field `payload` must be a JSON object".into(),
+            ))
+        }
+    };
+    build(&saga_id, field_str(&v, "saga")?, payload)
+}
+
+fn from_form(body: &[u8]) -> Result<StartRequest, ApiError> {
+    let fields = parse_form(body)?;
+    let get = |name: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let saga_id =
+        get("saga_id").ok_or_else(|| ApiError::BadRequest("missing field `saga_id`".into()))?;
+    let payload = match get("payload").filter(|p| !p.trim().is_empty()) {
+        None => Value::Object(Map::new()),
+        Some(text) => match serde_json::from_str::<Value>(&text) {
+            Ok(p @ Value::Object(_)) => p,
+            Ok(_) => {
+                return Err(ApiError::BadRequest(
+                    "field `payload` must be a JSON object".into(),
+                ))
+            }
+            Err(e) => {
+                return Err(ApiError::BadRequest(format!(
+                    "field `payload` is not JSON: {e}"
+                )))
+            }
+        },
+    };
+    build(&saga_id, get("saga"), payload)
+}
+
+fn build(saga_id: &str, saga: Option<String>, payload: Value) -> Result<StartRequest, ApiError> {
+    let saga_id = SagaId::parse_uuid(saga_id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let saga = saga
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "default".into());
+    Ok(StartRequest {
+        saga_id,
+        saga,
+        payload,
+    })
+}
+
+fn decode(req: &HttpRequest, body: &[u8]) -> Result<StartRequest, ApiError> {
+    let content_type = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match content_type.as_str() {
+        "application/json" => from_json(body),
+        "application/x-www-form-urlencoded" => from_form(body),
+        // No content type: take it as JSON if it looks like JSON, else as a form.
+        "" if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') => from_json(body),
+        "" => from_form(body),
+        other => Err(ApiError::UnsupportedMediaType(format!(
+            "content type `{}` is neither application/json nor application/x-www-form-urlencoded",
+            other.chars().take(100).collect::<String>()
+        ))),
+    }
+}
+
+/// Stores a new saga and starts it; idempotent for a repeat with the same type and payload.
+pub async fn start(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_limited(&req, payload).await?;
+    let request = decode(&req, &body)?;
+    let core = core(&state)?;
+    let def = core
+        .env
+        .catalog
+        .current
+        .get(&request.saga)
+        .cloned()
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "unknown saga type `{}`",
+                request.saga.chars().take(100).collect::<String>()
+            ))
+        })?;
+    if !core.env.broker.is_ready() {
+        return Err(ApiError::Unavailable("broker not ready".into()));
+    }
+    let transition = saga::start(&def, request.saga_id.0, request.payload);
+    let code = request.saga_id.code();
+    match core
+        .env
+        .writer
+        .insert_started(&transition.state, &transition.record)
+        .await?
+    {
+        InsertOutcome::Inserted => {
+            state
+                .metrics
+                .sagas_started
+                .with_label_values(&[def.name.as_str()])
+                .inc();
+            state
+                .metrics
+                .transitions
+                .with_label_values(&["started"])
+                .inc();
+            core.registry.do_send(SpawnSaga {
+                state: transition.state,
+                effects: transition.effects,
+            });
+            Ok(HttpResponse::Ok().json(json!({
+                "saga_id": request.saga_id, "code": code, "status": "running"
+            })))
+        }
+        InsertOutcome::Exists(existing) => {
+            if existing.saga != def.name || existing.payload != transition.state.payload {
+                return Err(ApiError::Conflict(format!(
+                    "saga_id {} was already started with another saga type or payload",
+                    request.saga_id
+                )));
+            }
+            Ok(HttpResponse::Ok().json(json!({
+                "saga_id": request.saga_id, "code": code, "status": existing.status
+            })))
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! Prometheus metrics of the orchestrator.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+/// Every metric the service exports at `/metrics`.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Sagas started, by type.
+    pub sagas_started: IntCounterVec,
+    /// Sagas that reached completed, compensated or failed, by type and status.
+    pub sagas_finished: IntCounterVec,
+    /// Replies by outcome: accepted, ignored (duplicate/stale/finished), dead_lettered, requeued.
+    pub replies: IntCounterVec,
+    /// Commands published, by action (`execute`, `compensate`) and kind (`first`, `resend`).
+    pub commands: IntCounterVec,
+    /// Transitions committed, by event.
+    pub transitions: IntCounterVec,
+    /// Snapshot commit time, seconds.
+    pub snapshot_seconds: Histogram,
+    /// Live saga actors.
+    pub live_actors: IntGauge,
+}
+
+impl Metrics {
+    /// Registers every metric in a fresh registry.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let sagas_started = counter("saga_started_total", "Sagas started", &["saga"])?;
+        let sagas_finished = counter(
+            "saga_finished_total",
+            "Sagas that reached completed, compensated or failed",
+            &["saga", "status"],
+        )?;
+        let replies = counter(
+            "saga_replies_total",
+            "Replies received, by outcome",
+            &["outcome"],
+        )?;
+        let commands = counter(
+            "saga_commands_sent_total",
+            "Commands published",
+            &["action", "kind"],
+        )?;
+        let transitions = counter(
+            "saga_transitions_total",
+            "Transitions committed",
+            &["event"],
+        )?;
+        let snapshot_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "saga_snapshot_commit_seconds",
+                "Time to commit one transition",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0, 5.0,
+            ]),
+        )?;
+        registry.register(Box::new(snapshot_seconds.clone()))?;
+        let live_actors = IntGauge::new("saga_live_actors", "Saga actors in memory")?;
+        registry.register(Box::new(live_actors.clone()))?;
+        Ok(Metrics {
+            registry,
+            sagas_started,
+            sagas_finished,
+            replies,
+            commands,
+            transitions,
+            snapshot_seconds,
+            live_actors,
+        })
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .is_err()
+        {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

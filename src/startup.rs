@@ -1,0 +1,184 @@
+//! Builds the service: HTTP first (so `/liveness` answers at once), then in the background
+//! PostgreSQL, migrations, definitions, RabbitMQ, rehydration, and the reply consumer.
+
+use std::net::TcpListener;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use actix_web::dev::Server;
+use actix_web::{web, App, HttpServer};
+use tokio::sync::oneshot;
+
+use crate::actors::messages::RehydrateSagas;
+use crate::actors::{Env, Registry, ReplyConsumer};
+use crate::app_state::{AppState, Core};
+use crate::broker::{Broker, Topology};
+use crate::config::Settings;
+use crate::metrics::Metrics;
+use crate::store::{self, queries, SnapshotWriter};
+
+/// A built service, listening, not yet running.
+pub struct Application {
+    port: u16,
+    server: Server,
+    state: web::Data<AppState>,
+}
+
+impl Application {
+    /// Binds the HTTP listener and starts the background start-up; `handle_signals` is false in tests.
+    pub fn build(settings: Settings, handle_signals: bool) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(settings.http_addr)?;
+        let port = listener.local_addr()?.port();
+        let pool = store::build_pool(settings.database.clone(), settings.db_pool_size);
+        let state = web::Data::new(AppState::new(pool, Metrics::new()?));
+        let http_state = state.clone();
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(http_state.clone())
+                .configure(crate::http::routes)
+        })
+        .workers(settings.http_workers)
+        .shutdown_timeout(settings.shutdown_timeout.as_secs())
+        .listen(listener)?;
+        if !handle_signals {
+            server = server.disable_signals();
+        }
+        let server = server.run();
+        actix::spawn(boot(settings, state.clone()));
+        Ok(Application {
+            port,
+            server,
+            state,
+        })
+    }
+
+    /// The HTTP port (useful with port 0).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The shared state (tests reach the registry through it).
+    pub fn state(&self) -> web::Data<AppState> {
+        self.state.clone()
+    }
+
+    /// A handle that stops the HTTP server.
+    pub fn server_handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until the server is stopped (SIGTERM/SIGINT when signals are handled),
+    /// then closes the broker connection.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let state = self.state.clone();
+        let result = self.server.await;
+        state.draining.store(true, Ordering::Release);
+        if let Some(core) = state.core.get() {
+            core.env.broker.close().await;
+        }
+        state.pool.close();
+        result
+    }
+}
+
+/// Retries `op` with back-off (100 ms doubling to 5 s) until it succeeds, logging each failure once.
+async fn retry<T, E: std::fmt::Display, F, Fut>(what: &str, mut op: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match op().await {
+            Ok(v) => return v,
+            Err(e) => {
+                log::warn!("{what} failed: {e}; retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn boot(settings: Settings, state: web::Data<AppState>) {
+    let pool = state.pool.clone();
+    retry("migrations", || store::migrate(&pool)).await;
+    let catalog = retry("registering definitions", || {
+        store::register_definitions(&pool, &settings.definitions)
+    })
+    .await;
+    let command_queues = catalog
+        .all
+        .values()
+        .flat_map(|d| d.steps.iter().map(|s| s.queue.clone()))
+        .collect();
+    let broker = Broker::new(
+        settings.amqp_url.clone(),
+        Topology {
+            reply_queue: settings.reply_queue.clone(),
+            command_queues,
+            queue_type: settings.queue_type,
+        },
+    );
+    let env = Arc::new(Env {
+        writer: SnapshotWriter::spawn(
+            pool.clone(),
+            settings.snapshot_writers,
+            settings.snapshot_batch,
+        ),
+        broker: broker.clone(),
+        catalog: Arc::new(catalog),
+        metrics: state.metrics.clone(),
+    });
+    let registry = Registry::new(env.clone()).start();
+    let _ = state.core.set(Core {
+        registry: registry.clone(),
+        env: env.clone(),
+    });
+    let stream = retry("connecting to RabbitMQ", || {
+        broker.connect(settings.prefetch)
+    })
+    .await;
+    let unfinished = retry("loading unfinished sagas", || {
+        queries::load_unfinished(&pool)
+    })
+    .await;
+    let total = unfinished.len();
+    match registry.send(RehydrateSagas(unfinished)).await {
+        Ok(n) => log::info!("rehydrated {n} of {total} unfinished sagas"),
+        Err(e) => log::error!("rehydration failed: {e}"),
+    }
+    let mut stopped = start_consumer(&env, &registry, stream);
+    state.rehydrated.store(true, Ordering::Release);
+    log::info!("ready");
+    // Supervise the connection: whenever it or the consumer drops, reconnect and consume again.
+    loop {
+        tokio::select! {
+            _ = broker.closed() => {}
+            _ = &mut stopped => {}
+        }
+        if state.draining.load(Ordering::Acquire) {
+            return;
+        }
+        log::warn!("RabbitMQ connection lost; reconnecting");
+        broker.close().await;
+        let stream = retry("reconnecting to RabbitMQ", || {
+            broker.connect(settings.prefetch)
+        })
+        .await;
+        log::info!("RabbitMQ connection re-established");
+        stopped = start_consumer(&env, &registry, stream);
+    }
+}
+
+fn start_consumer(
+    env: &Arc<Env>,
+    registry: &Addr<Registry>,
+    stream: crate::broker::ReplyStream,
+) -> oneshot::Receiver<()> {
+    let (tx, rx) = oneshot::channel();
+    ReplyConsumer::new(env.clone(), registry.clone(), stream, tx).start();
+    rx
+}

@@ -1,0 +1,61 @@
+//! Migrations from `sql/`, embedded in the binary, applied in order, each once.
+
+use deadpool_postgres::Pool;
+
+use super::StoreError;
+
+/// `(version, name, sql)` of every migration, in order.
+pub const MIGRATIONS: &[(i32, &str, &str)] =
+    &[(1, "0001_init.sql", include_str!("../../sql/0001_init.sql"))];
+
+/// Key of the advisory lock that serialises concurrent migrators.
+const LOCK_KEY: i64 = 0x5a6a_0001;
+
+/// Applies pending migrations; returns how many were applied. Safe to run concurrently.
+pub async fn migrate(pool: &Pool) -> Result<usize, StoreError> {
+    let mut client = pool.get().await?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
+        .await?;
+    let result = apply_pending(&mut client).await;
+    // Unlocking can only fail if the connection is gone, which releases the lock anyway.
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
+        .await;
+    result
+}
+
+async fn apply_pending(client: &mut deadpool_postgres::Object) -> Result<usize, StoreError> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                version integer PRIMARY KEY,
+                name text NOT NULL,
+                applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await?;
+    let mut applied = 0;
+    for (version, name, sql) in MIGRATIONS {
+        let done = client
+            .query_opt(
+                "SELECT 1 FROM schema_migrations WHERE version = $1",
+                &[version],
+            )
+            .await?
+            .is_some();
+        if done {
+            continue;
+        }
+        let tx = client.transaction().await?;
+        tx.batch_execute(sql).await?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+            &[version, name],
+        )
+        .await?;
+        tx.commit().await?;
+        log::info!("applied migration {name}");
+        applied += 1;
+    }
+    Ok(applied)
+}

@@ -1,0 +1,107 @@
+//! The only module that speaks SQL: pool, migrations, definitions, snapshots, history, queries.
+
+mod definitions;
+mod migrations;
+pub mod queries;
+mod snapshots;
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
+
+pub use definitions::{register_definitions, DefinitionCatalog};
+pub use migrations::{migrate, MIGRATIONS};
+pub use queries::{Cursor, HistoryRow, ListFilter, SagaRow, SagaView};
+pub use snapshots::{InsertOutcome, SnapshotWrite, SnapshotWriter, StartConflict};
+
+/// Why a store call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// PostgreSQL answered with an error, or the connection broke.
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// No connection could be had from the pool.
+    #[error("connection pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    /// The saga's row is not at the version the write expected: someone else moved it.
+    #[error("saga {0} is not at the expected version")]
+    Conflict(uuid::Uuid),
+    /// A stored snapshot or definition does not decode.
+    #[error("stored data does not decode: {0}")]
+    Corrupt(String),
+    /// The snapshot writer is gone (the service is shutting down).
+    #[error("snapshot writer stopped")]
+    WriterGone,
+    /// A batch this write was part of failed on a transient error (database unreachable).
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A batch this write was part of failed for good.
+    #[error("snapshot batch failed: {0}")]
+    Batch(String),
+}
+
+impl StoreError {
+    /// Worth retrying after a back-off: the database is unreachable or restarting.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Pool(_) | StoreError::WriterGone | StoreError::Unavailable(_) => true,
+            StoreError::Postgres(e) => {
+                if e.is_closed() {
+                    return true;
+                }
+                match e.code() {
+                    Some(code) => {
+                        let c = code.code();
+                        c.starts_with("08")
+                            || c.starts_with("57P")
+                            || c == "40001"
+                            || c == "40P01"
+                            || c == "53300"
+                    }
+                    // No SQLSTATE: an I/O or protocol error on the way.
+                    None => true,
+                }
+            }
+            StoreError::Conflict(_) | StoreError::Corrupt(_) | StoreError::Batch(_) => false,
+        }
+    }
+}
+
+/// Builds the connection pool; connects lazily.
+pub fn build_pool(config: tokio_postgres::Config, size: usize) -> Pool {
+    let manager = Manager::from_config(
+        config,
+        tokio_postgres::NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let timeouts = Timeouts {
+        wait: Some(Duration::from_secs(5)),
+        create: Some(Duration::from_secs(3)),
+        recycle: Some(Duration::from_secs(3)),
+    };
+    // Building only fails without a runtime for the time-outs, and Tokio is given.
+    match Pool::builder(manager)
+        .max_size(size)
+        .timeouts(timeouts)
+        .runtime(Runtime::Tokio1)
+        .build()
+    {
+        Ok(pool) => pool,
+        Err(e) => unreachable_pool(e),
+    }
+}
+
+#[cold]
+fn unreachable_pool(e: deadpool_postgres::BuildError) -> Pool {
+    // BuildError only arises from time-outs without a runtime; we always set one.
+    panic!("pool configuration is inconsistent: {e}")
+}
+
+/// `SELECT 1`: whether PostgreSQL answers.
+pub async fn ping(pool: &Pool) -> Result<(), StoreError> {
+    let client = pool.get().await?;
+    client.simple_query("SELECT 1").await?;
+    Ok(())
+}

@@ -1,0 +1,223 @@
+//! Reads: snapshots for rehydration, one saga with its history, the paginated list.
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::StoreError;
+use crate::saga::SagaState;
+
+/// Decodes a stored snapshot.
+fn decode(id: Uuid, state: Value) -> Result<SagaState, StoreError> {
+    serde_json::from_value(state).map_err(|e| StoreError::Corrupt(format!("saga {id}: {e}")))
+}
+
+/// The snapshot of one saga, if it exists.
+pub async fn load(pool: &Pool, id: Uuid) -> Result<Option<SagaState>, StoreError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached("SELECT state FROM sagas WHERE id = $1")
+        .await?;
+    match client.query_opt(&stmt, &[&id]).await? {
+        Some(row) => Ok(Some(decode(id, row.get(0))?)),
+        None => Ok(None),
+    }
+}
+
+/// Every saga that is not finished (running, compensating or failed).
+pub async fn load_unfinished(pool: &Pool) -> Result<Vec<SagaState>, StoreError> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT id, state FROM sagas WHERE status IN ('running', 'compensating', 'failed')",
+            &[],
+        )
+        .await?;
+    rows.into_iter()
+        .map(|row| decode(row.get(0), row.get(1)))
+        .collect()
+}
+
+/// One history row as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryRow {
+    /// Saga version after this transition.
+    pub version: i64,
+    /// What happened.
+    pub event: String,
+    /// Which step it concerned.
+    pub step: Option<String>,
+    /// Status after it.
+    pub status: String,
+    /// Error text or reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// When it was committed.
+    pub at: DateTime<Utc>,
+}
+
+/// One saga as the list shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SagaRow {
+    /// UUID.
+    pub saga_id: Uuid,
+    /// Base62 code.
+    pub code: String,
+    /// Type.
+    pub saga: String,
+    /// Definition version it runs on.
+    pub definition_version: i32,
+    /// Status.
+    pub status: String,
+    /// Current step or null.
+    pub step: Option<String>,
+    /// Transitions so far.
+    pub version: i64,
+    /// Start time.
+    pub created_at: DateTime<Utc>,
+    /// Last transition time.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One saga with its state and history (`GET /sagas/{id}`).
+#[derive(Debug, Clone, Serialize)]
+pub struct SagaView {
+    /// The row's columns.
+    #[serde(flatten)]
+    pub row: SagaRow,
+    /// The start payload.
+    pub payload: Value,
+    /// The full snapshot (steps, results, pending command).
+    pub state: Value,
+    /// Every transition, oldest first.
+    pub history: Vec<HistoryRow>,
+}
+
+const ROW_COLUMNS: &str =
+    "id, saga, definition_version, status, step, version, created_at, updated_at";
+
+fn saga_row(row: &tokio_postgres::Row) -> SagaRow {
+    let id: Uuid = row.get(0);
+    SagaRow {
+        saga_id: id,
+        code: crate::domain::SagaId(id).code(),
+        saga: row.get(1),
+        definition_version: row.get(2),
+        status: row.get(3),
+        step: row.get(4),
+        version: row.get(5),
+        created_at: row.get(6),
+        updated_at: row.get(7),
+    }
+}
+
+/// One saga with its history, if it exists.
+pub async fn view(pool: &Pool, id: Uuid) -> Result<Option<SagaView>, StoreError> {
+    let client = pool.get().await?;
+    let sql = format!("SELECT {ROW_COLUMNS}, payload, state FROM sagas WHERE id = $1");
+    let Some(row) = client.query_opt(&sql, &[&id]).await? else {
+        return Ok(None);
+    };
+    let history = client
+        .query(
+            "SELECT version, event, step, status, detail, at FROM saga_events WHERE saga_id = $1 ORDER BY version",
+            &[&id],
+        )
+        .await?
+        .iter()
+        .map(|r| HistoryRow {
+            version: r.get(0),
+            event: r.get(1),
+            step: r.get(2),
+            status: r.get(3),
+            detail: r.get(4),
+            at: r.get(5),
+        })
+        .collect();
+    Ok(Some(SagaView {
+        row: saga_row(&row),
+        payload: row.get(8),
+        state: row.get(9),
+        history,
+    }))
+}
+
+/// Keyset position in the list: the last row seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    /// Its `created_at`, in microseconds since the epoch.
+    pub created_at_us: i64,
+    /// Its id.
+    pub id: Uuid,
+}
+
+impl Cursor {
+    /// The opaque text form given to clients as `next`.
+    pub fn encode(&self) -> String {
+        format!(
+            "{}_{}",
+            self.created_at_us,
+            crate::domain::SagaId(self.id).code()
+        )
+    }
+
+    /// Parses [`Cursor::encode`]'s output.
+    pub fn decode(s: &str) -> Option<Cursor> {
+        let (ts, code) = s.split_once('_')?;
+        Some(Cursor {
+            created_at_us: ts.parse().ok()?,
+            id: crate::domain::SagaId::parse_any(code).ok()?.0,
+        })
+    }
+}
+
+/// Filters of `GET /sagas`.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// Only this status.
+    pub status: Option<String>,
+    /// Only this type.
+    pub saga: Option<String>,
+    /// At most this many rows.
+    pub limit: i64,
+    /// Rows after this position.
+    pub after: Option<Cursor>,
+}
+
+/// Newest first, filtered, one page; the cursor of the next page if there may be one.
+pub async fn list(
+    pool: &Pool,
+    f: &ListFilter,
+) -> Result<(Vec<SagaRow>, Option<Cursor>), StoreError> {
+    let client = pool.get().await?;
+    let (after_ts, after_id) = match f.after {
+        Some(c) => (
+            DateTime::<Utc>::from_timestamp_micros(c.created_at_us),
+            Some(c.id),
+        ),
+        None => (None, None),
+    };
+    let sql = format!(
+        "SELECT {ROW_COLUMNS} FROM sagas
+          WHERE ($1::text IS NULL OR status = $1)
+            AND ($2::text IS NULL OR saga = $2)
+            AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4::uuid))
+          ORDER BY created_at DESC, id DESC
+          LIMIT $5"
+    );
+    let rows = client
+        .query(&sql, &[&f.status, &f.saga, &after_ts, &after_id, &f.limit])
+        .await?;
+    let rows: Vec<SagaRow> = rows.iter().map(saga_row).collect();
+    let next = if rows.len() as i64 == f.limit {
+        rows.last().map(|r| Cursor {
+            created_at_us: r.created_at.timestamp_micros(),
+            id: r.saga_id,
+        })
+    } else {
+        None
+    };
+    Ok((rows, next))
+}

@@ -1,0 +1,273 @@
+//! Snapshots: the start insert and the group-committing writer of transitions.
+//!
+//! Every transition rewrites the saga's row with `version + 1`, guarded by the
+//! expected version, and appends one `saga_events` row, in one transaction.
+//! The writer gathers the transitions of many saga actors into one statement
+//! (group commit); each actor is answered only once its own row is committed.
+
+use std::sync::Arc;
+
+use deadpool_postgres::Pool;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot, Mutex};
+use uuid::Uuid;
+
+use super::StoreError;
+use crate::saga::{Record, SagaState};
+
+/// One transition to persist.
+#[derive(Debug)]
+pub struct SnapshotWrite {
+    /// The saga.
+    pub id: Uuid,
+    /// Its new version (the row must be at `version - 1`).
+    pub version: i64,
+    /// Its new status.
+    pub status: &'static str,
+    /// Its current step's name.
+    pub step: Option<String>,
+    /// The full state as JSON.
+    pub state: Value,
+    /// The history row.
+    pub record: Record,
+}
+
+impl SnapshotWrite {
+    /// Builds the write for a state and the record of the transition that led to it.
+    pub fn new(
+        state: &SagaState,
+        step: Option<String>,
+        record: Record,
+    ) -> Result<Self, StoreError> {
+        let json = serde_json::to_value(state).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(SnapshotWrite {
+            id: state.saga_id,
+            version: state.version,
+            status: state.status.as_str(),
+            step,
+            state: json,
+            record,
+        })
+    }
+}
+
+struct Job {
+    write: Arc<SnapshotWrite>,
+    done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// Handle to the snapshot writer tasks; cheap to clone.
+#[derive(Clone)]
+pub struct SnapshotWriter {
+    pool: Pool,
+    jobs: mpsc::UnboundedSender<Job>,
+}
+
+/// What `POST /start` found when it tried to insert the saga.
+#[derive(Debug)]
+pub enum InsertOutcome {
+    /// A new saga was stored.
+    Inserted,
+    /// The id was taken already.
+    Exists(StartConflict),
+}
+
+/// The stored saga that holds an id.
+#[derive(Debug)]
+pub struct StartConflict {
+    /// Its type.
+    pub saga: String,
+    /// Its payload.
+    pub payload: Value,
+    /// Its status.
+    pub status: String,
+}
+
+const UPDATE_BATCH: &str = "
+WITH input AS (
+    SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::jsonb[],
+                         $6::text[], $7::text[], $8::text[])
+        AS t(id, version, status, step, state, event, event_step, detail)
+), upd AS (
+    UPDATE sagas s
+       SET version = i.version, status = i.status, step = i.step, state = i.state, updated_at = now()
+      FROM input i
+     WHERE s.id = i.id AND s.version = i.version - 1
+    RETURNING s.id
+), ev AS (
+    INSERT INTO saga_events (saga_id, version, event, step, status, detail)
+    SELECT i.id, i.version, i.event, i.event_step, i.status, i.detail
+      FROM input i JOIN upd u ON u.id = i.id
+)
+SELECT id FROM upd";
+
+const INSERT_START: &str = "
+WITH ins AS (
+    INSERT INTO sagas (id, saga, definition_version, status, version, step, payload, state)
+    VALUES ($1, $2, $3, $4, 1, $5, $6, $7)
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id
+), ev AS (
+    INSERT INTO saga_events (saga_id, version, event, step, status)
+    SELECT id, 1, $8, $5, $4 FROM ins
+)
+SELECT count(*) FROM ins";
+
+impl SnapshotWriter {
+    /// Starts `writers` tasks that each commit up to `batch` transitions per transaction.
+    pub fn spawn(pool: Pool, writers: usize, batch: usize) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let rx = Arc::new(Mutex::new(rx));
+        for _ in 0..writers {
+            let pool = pool.clone();
+            let rx = rx.clone();
+            tokio::spawn(async move { write_loop(pool, rx, batch).await });
+        }
+        SnapshotWriter { pool, jobs: tx }
+    }
+
+    /// The pool it writes with.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Commits one transition; resolves once it is durable.
+    pub async fn save(&self, write: Arc<SnapshotWrite>) -> Result<(), StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.jobs
+            .send(Job { write, done })
+            .map_err(|_| StoreError::WriterGone)?;
+        wait.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Stores a new saga at version 1 with its `started` history row, unless its id is taken.
+    pub async fn insert_started(
+        &self,
+        state: &SagaState,
+        record: &Record,
+    ) -> Result<InsertOutcome, StoreError> {
+        let client = self.pool.get().await?;
+        let json = serde_json::to_value(state).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let stmt = client.prepare_cached(INSERT_START).await?;
+        let row = client
+            .query_one(
+                &stmt,
+                &[
+                    &state.saga_id,
+                    &state.saga,
+                    &state.definition_version,
+                    &state.status.as_str(),
+                    &record.step,
+                    &state.payload,
+                    &json,
+                    &record.event,
+                ],
+            )
+            .await?;
+        if row.get::<_, i64>(0) == 1 {
+            return Ok(InsertOutcome::Inserted);
+        }
+        let existing = client
+            .query_opt(
+                "SELECT saga, payload, status FROM sagas WHERE id = $1",
+                &[&state.saga_id],
+            )
+            .await?;
+        match existing {
+            Some(row) => Ok(InsertOutcome::Exists(StartConflict {
+                saga: row.get(0),
+                payload: row.get(1),
+                status: row.get(2),
+            })),
+            // Inserted by someone else and gone again: only a manual delete does that.
+            None => Err(StoreError::Conflict(state.saga_id)),
+        }
+    }
+}
+
+async fn write_loop(pool: Pool, rx: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>, batch: usize) {
+    loop {
+        let jobs = {
+            let mut rx = rx.lock().await;
+            let Some(first) = rx.recv().await else {
+                return;
+            };
+            let mut jobs = vec![first];
+            while jobs.len() < batch {
+                match rx.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+            jobs
+        };
+        match commit_batch(&pool, &jobs).await {
+            Ok(committed) => {
+                let committed: std::collections::HashSet<Uuid> = committed.into_iter().collect();
+                for job in jobs {
+                    let result = if committed.contains(&job.write.id) {
+                        Ok(())
+                    } else {
+                        Err(StoreError::Conflict(job.write.id))
+                    };
+                    let _ = job.done.send(result);
+                }
+            }
+            Err(e) => {
+                let transient = e.is_transient();
+                let text = e.to_string();
+                log::warn!("snapshot batch of {} failed: {text}", jobs.len());
+                for job in jobs {
+                    let err = if transient {
+                        StoreError::Unavailable(text.clone())
+                    } else {
+                        StoreError::Batch(text.clone())
+                    };
+                    let _ = job.done.send(Err(err));
+                }
+            }
+        }
+    }
+}
+
+async fn commit_batch(pool: &Pool, jobs: &[Job]) -> Result<Vec<Uuid>, StoreError> {
+    let n = jobs.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut versions = Vec::with_capacity(n);
+    let mut statuses = Vec::with_capacity(n);
+    let mut steps = Vec::with_capacity(n);
+    let mut states = Vec::with_capacity(n);
+    let mut events = Vec::with_capacity(n);
+    let mut event_steps = Vec::with_capacity(n);
+    let mut details = Vec::with_capacity(n);
+    for job in jobs {
+        let w = &job.write;
+        ids.push(w.id);
+        versions.push(w.version);
+        statuses.push(w.status);
+        steps.push(w.step.as_deref());
+        states.push(&w.state);
+        events.push(w.record.event.as_str());
+        event_steps.push(w.record.step.as_deref());
+        details.push(w.record.detail.as_deref());
+    }
+    let client = pool.get().await?;
+    let stmt = client.prepare_cached(UPDATE_BATCH).await?;
+    // One statement is one implicit transaction: all rows of the batch commit together.
+    let rows = client
+        .query(
+            &stmt,
+            &[
+                &ids,
+                &versions,
+                &statuses,
+                &steps,
+                &states,
+                &events,
+                &event_steps,
+                &details,
+            ],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get::<_, Uuid>(0)).collect())
+}
