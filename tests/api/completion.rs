@@ -1,0 +1,50 @@
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::helpers::*;
+
+#[actix_web::test]
+async fn a_three_step_saga_completes_with_commands_in_order_carrying_the_contract_fields() {
+    let app = spawn_app(None).await;
+    let participants = Participants::start(&app.names, 3, always_done()).await;
+    let events = EventObserver::start(app.saga()).await;
+    let id = app.start_saga(json!({"order": 42})).await;
+    assert!(
+        app.wait_status(id, "completed", Duration::from_secs(20))
+            .await
+    );
+
+    let cmds = participants.for_saga(id);
+    let steps: Vec<&str> = cmds.iter().map(|c| c.step()).collect();
+    assert_eq!(steps, ["s1", "s2", "s3"]);
+    for (i, c) in cmds.iter().enumerate() {
+        assert_eq!(c.action(), "execute");
+        assert_eq!(c.message_id.as_deref(), Some(c.command_id()));
+        assert_eq!(c.correlation_id.as_deref(), Some(c.command_id()));
+        assert_eq!(c.reply_to.as_deref(), Some(app.names.reply_queue.as_str()));
+        assert_eq!(c.kind.as_deref(), Some("execute"));
+        assert_eq!(c.content_type.as_deref(), Some("application/json"));
+        assert_eq!(c.delivery_mode, Some(2));
+        assert_eq!(c.body["saga_id"], json!(id.to_string()));
+        assert_eq!(c.body["saga"], json!(app.saga()));
+        assert_eq!(c.body["attempt"], json!(1));
+        assert_eq!(c.body["step"], json!(format!("s{}", i + 1)));
+        assert!(!c.command_id().is_empty());
+    }
+    let got = wait_until(Duration::from_secs(5), || async {
+        !events.all().is_empty()
+    })
+    .await;
+    assert!(got, "no lifecycle event");
+    let ev = &events.all()[0];
+    assert_eq!(
+        ev["routing_key"],
+        json!(format!("{}.completed", app.saga()))
+    );
+    assert_eq!(ev["saga_id"], json!(id.to_string()));
+    assert_eq!(ev["status"], json!("completed"));
+    assert_eq!(ev["version"], json!(4));
+    assert!(ev["at"].is_string());
+    participants.close().await;
+}

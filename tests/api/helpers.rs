@@ -1,0 +1,641 @@
+//! Test harness: an app per test on its own database, queues and saga type; scripted
+//! participants on real RabbitMQ; an observer of lifecycle events; polling waits.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use lapin::options::*;
+use lapin::types::{FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use saga_service::config::{QueueType, Settings};
+use saga_service::domain::{SagaDefinition, StepDefinition};
+use saga_service::startup::Application;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+/// PostgreSQL server the tests create their databases on.
+pub fn admin_url() -> String {
+    std::env::var("SAGA_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// RabbitMQ the tests use.
+pub fn amqp_url() -> String {
+    std::env::var("SAGA_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// Polls `check` every 20 ms until it returns true or `within` passes.
+pub async fn wait_until<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A test's own resources: database, queue names, saga type, definitions file.
+#[derive(Clone)]
+pub struct Names {
+    /// Unique per test.
+    pub prefix: String,
+    /// Database name.
+    pub db: String,
+    /// Reply queue.
+    pub reply_queue: String,
+    /// The saga type of this test.
+    pub saga: String,
+    /// Definitions file.
+    pub defs_path: PathBuf,
+}
+
+impl Names {
+    /// Fresh names.
+    pub fn new() -> Self {
+        let prefix = format!("t{}", &Uuid::new_v4().simple().to_string()[..12]);
+        Names {
+            db: format!("saga_{prefix}"),
+            reply_queue: format!("{prefix}.responses"),
+            saga: format!("{prefix}_saga"),
+            defs_path: std::env::temp_dir().join(format!("{prefix}.toml")),
+            prefix,
+        }
+    }
+
+    /// Queue of step `i` (1-based).
+    pub fn queue(&self, i: usize) -> String {
+        format!("{}.commands{i}", self.prefix)
+    }
+
+    /// Database URL.
+    pub fn db_url(&self) -> String {
+        let admin = admin_url();
+        match admin.rfind('/') {
+            Some(i) => format!("{}/{}", &admin[..i], self.db),
+            None => admin,
+        }
+    }
+}
+
+/// A definition of `n` steps `s1..sn` on this test's queues.
+pub fn steps(names: &Names, n: usize, timeout_ms: u64, max_attempts: u32) -> SagaDefinition {
+    SagaDefinition {
+        name: names.saga.clone(),
+        version: 0,
+        steps: (1..=n)
+            .map(|i| StepDefinition {
+                name: format!("s{i}"),
+                queue: names.queue(i),
+                compensate: true,
+                timeout_ms,
+                max_attempts,
+            })
+            .collect(),
+    }
+}
+
+/// Writes definitions as the TOML file `SAGA_DEFINITIONS` would name.
+pub fn write_definitions(names: &Names, defs: &[SagaDefinition]) {
+    let mut text = String::new();
+    for d in defs {
+        text.push_str(&format!("[[sagas]]\nname = \"{}\"\n", d.name));
+        for s in &d.steps {
+            text.push_str(&format!(
+                "[[sagas.steps]]\nname = \"{}\"\nqueue = \"{}\"\ncompensate = {}\ntimeout_ms = {}\nmax_attempts = {}\n",
+                s.name, s.queue, s.compensate, s.timeout_ms, s.max_attempts
+            ));
+        }
+    }
+    std::fs::write(&names.defs_path, text).expect("write definitions");
+}
+
+/// Creates the test database.
+pub async fn create_database(names: &Names) {
+    let (client, conn) = tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect to PostgreSQL: is it running? (make services)");
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!("CREATE DATABASE \"{}\"", names.db))
+        .await
+        .expect("create test database");
+}
+
+/// Settings of an app on port 0 for these names.
+pub fn settings(names: &Names) -> Settings {
+    let args = saga_service::config::ServeArgs {
+        database_url: names.db_url(),
+        amqp_url: amqp_url(),
+        http_addr: "127.0.0.1:0".into(),
+        definitions: Some(names.defs_path.clone()),
+        reply_queue: names.reply_queue.clone(),
+        queue_type: QueueType::Classic,
+        prefetch: 200,
+        db_pool_size: 4,
+        snapshot_writers: 2,
+        snapshot_batch: 64,
+        http_workers: 1,
+        shutdown_timeout_s: 1,
+    };
+    args.settings().expect("valid test settings")
+}
+
+/// One running app of a test.
+pub struct TestApp {
+    /// `http://127.0.0.1:<port>`.
+    pub address: String,
+    /// HTTP client.
+    pub http: reqwest::Client,
+    /// The test's names.
+    pub names: Names,
+    /// The app's shared state.
+    pub state: actix_web::web::Data<saga_service::app_state::AppState>,
+    server: actix_web::dev::ServerHandle,
+    cleanup: bool,
+}
+
+/// Starts an app for a new test with the given definitions (`None`: three steps, 30 s time-outs).
+pub async fn spawn_app(defs: Option<Vec<SagaDefinition>>) -> TestApp {
+    let names = Names::new();
+    let defs = defs.unwrap_or_else(|| vec![steps(&names, 3, 30_000, 3)]);
+    write_definitions(&names, &defs);
+    create_database(&names).await;
+    start_app(names, true).await
+}
+
+/// Starts an app on existing names (a restart); waits until it is ready.
+pub async fn start_app(names: Names, cleanup: bool) -> TestApp {
+    let app = Application::build(settings(&names), false).expect("build app");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let state = app.state();
+    let server = app.server_handle();
+    actix_web::rt::spawn(app.run_until_stopped());
+    let test = TestApp {
+        address,
+        http: reqwest::Client::new(),
+        names,
+        state,
+        server,
+        cleanup,
+    };
+    let ready = wait_until(Duration::from_secs(30), || async {
+        matches!(test.http.get(test.url("/readiness")).send().await, Ok(r) if r.status() == 200)
+    })
+    .await;
+    assert!(ready, "app did not become ready");
+    test
+}
+
+impl TestApp {
+    /// Full URL of a path.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    /// This test's saga type.
+    pub fn saga(&self) -> &str {
+        &self.names.saga
+    }
+
+    /// `POST /start` as JSON.
+    pub async fn start(&self, body: Value) -> reqwest::Response {
+        self.http
+            .post(self.url("/start"))
+            .json(&body)
+            .send()
+            .await
+            .expect("POST /start")
+    }
+
+    /// Starts a saga of this test's type with a new id; asserts 200; returns the id.
+    pub async fn start_saga(&self, payload: Value) -> Uuid {
+        let id = Uuid::new_v4();
+        let r = self
+            .start(json!({"saga_id": id, "saga": self.saga(), "payload": payload}))
+            .await;
+        assert_eq!(r.status(), 200, "start: {:?}", r.text().await);
+        id
+    }
+
+    /// `GET /sagas/{id}` body (panics unless 200).
+    pub async fn saga_view(&self, id: &str) -> Value {
+        let r = self
+            .http
+            .get(self.url(&format!("/sagas/{id}")))
+            .send()
+            .await
+            .expect("GET saga");
+        assert_eq!(r.status(), 200);
+        r.json().await.expect("saga JSON")
+    }
+
+    /// The saga's status.
+    pub async fn status(&self, id: Uuid) -> String {
+        self.saga_view(&id.to_string()).await["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Waits until the saga has `status`; returns whether it did within `within`.
+    pub async fn wait_status(&self, id: Uuid, status: &str, within: Duration) -> bool {
+        wait_until(within, || async { self.status(id).await == status }).await
+    }
+
+    /// Stops the HTTP server and, with it, the app's broker connection.
+    pub async fn stop(&self) {
+        self.server.stop(false).await;
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if !self.cleanup {
+            return;
+        }
+        let names = self.names.clone();
+        let server = self.server.clone();
+        // Async clean-up on a thread of its own: Drop cannot await.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                drop(server.stop(false));
+                drop_resources(&names).await;
+            });
+        })
+        .join();
+    }
+}
+
+/// Drops the test's database and queues.
+pub async fn drop_resources(names: &Names) {
+    if let Ok((client, conn)) = tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls).await {
+        tokio::spawn(conn);
+        let _ = client
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                names.db
+            ))
+            .await;
+    }
+    if let Ok(conn) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await {
+        if let Ok(ch) = conn.create_channel().await {
+            let mut queues = vec![
+                names.reply_queue.clone(),
+                format!("{}.dlq", names.reply_queue),
+            ];
+            queues.extend((1..=10).map(|i| names.queue(i)));
+            for q in queues {
+                let _ = ch
+                    .queue_delete(ShortString::from(q.as_str()), QueueDeleteOptions::default())
+                    .await;
+            }
+        }
+        let _ = conn.close(200, ShortString::from("bye")).await;
+    }
+    let _ = std::fs::remove_file(&names.defs_path);
+}
+
+/// A command as a participant received it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// Parsed body.
+    pub body: Value,
+    /// AMQP properties.
+    pub message_id: Option<String>,
+    /// AMQP correlation id.
+    pub correlation_id: Option<String>,
+    /// AMQP reply_to.
+    pub reply_to: Option<String>,
+    /// AMQP type.
+    pub kind: Option<String>,
+    /// AMQP content type.
+    pub content_type: Option<String>,
+    /// AMQP delivery mode.
+    pub delivery_mode: Option<u8>,
+}
+
+impl Received {
+    /// `command_id` of the body.
+    pub fn command_id(&self) -> &str {
+        self.body["command_id"].as_str().unwrap_or_default()
+    }
+    /// `action` of the body.
+    pub fn action(&self) -> &str {
+        self.body["action"].as_str().unwrap_or_default()
+    }
+    /// `step` of the body.
+    pub fn step(&self) -> &str {
+        self.body["step"].as_str().unwrap_or_default()
+    }
+    /// `saga_id` of the body.
+    pub fn saga_id(&self) -> &str {
+        self.body["saga_id"].as_str().unwrap_or_default()
+    }
+}
+
+/// What a scripted participant does with a command.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    /// Reply `done` with this output.
+    Done(Value),
+    /// Reply `error`.
+    Error(String),
+    /// Do not reply.
+    Silent,
+}
+
+/// A participant's script.
+pub type Script = Arc<dyn Fn(&Received) -> Answer + Send + Sync>;
+
+/// Replies `done` with `{"step": <step>}` to everything.
+pub fn always_done() -> Script {
+    Arc::new(|c: &Received| Answer::Done(json!({ "step": c.step() })))
+}
+
+/// Participants on a test's queues, recording every command they receive (all queues, in order).
+pub struct Participants {
+    /// Every command received, in arrival order.
+    pub log: Arc<Mutex<Vec<Received>>>,
+    conn: Connection,
+    /// A channel to publish raw replies on.
+    pub channel: Channel,
+}
+
+impl Participants {
+    /// Consumes queues `1..=n` of the test with one script.
+    pub async fn start(names: &Names, n: usize, script: Script) -> Self {
+        let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
+            .await
+            .expect("connect to RabbitMQ: is it running? (make services)");
+        let channel = conn.create_channel().await.expect("channel");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        for i in 1..=n {
+            let queue = names.queue(i);
+            let ch = conn.create_channel().await.expect("channel");
+            ch.queue_declare(
+                ShortString::from(queue.as_str()),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare");
+            let mut consumer = ch
+                .basic_consume(
+                    ShortString::from(queue.as_str()),
+                    ShortString::from(""),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .expect("consume");
+            let log = log.clone();
+            let script = script.clone();
+            let publish = channel.clone();
+            tokio::spawn(async move {
+                while let Some(Ok(d)) = consumer.next().await {
+                    let p = &d.properties;
+                    let s = |v: &Option<ShortString>| v.as_ref().map(|x| x.as_str().to_string());
+                    let rec = Received {
+                        body: serde_json::from_slice(&d.data).unwrap_or(Value::Null),
+                        message_id: s(p.message_id()),
+                        correlation_id: s(p.correlation_id()),
+                        reply_to: s(p.reply_to()),
+                        kind: s(p.kind()),
+                        content_type: s(p.content_type()),
+                        delivery_mode: *p.delivery_mode(),
+                    };
+                    if let Ok(mut l) = log.lock() {
+                        l.push(rec.clone());
+                    }
+                    let answer = script(&rec);
+                    let reply = match answer {
+                        Answer::Done(output) => Some(
+                            json!({"command_id": rec.command_id(), "saga_id": rec.saga_id(), "status": "done", "output": output}),
+                        ),
+                        Answer::Error(e) => Some(
+                            json!({"command_id": rec.command_id(), "saga_id": rec.saga_id(), "status": "error", "error": e}),
+                        ),
+                        Answer::Silent => None,
+                    };
+                    if let (Some(reply), Some(to)) = (reply, rec.reply_to.clone()) {
+                        let _ =
+                            publish_raw(&publish, &to, reply.to_string().as_bytes(), None).await;
+                    }
+                    let _ = d.ack(BasicAckOptions::default()).await;
+                }
+            });
+        }
+        Participants { log, conn, channel }
+    }
+
+    /// Every command received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Commands received for one saga.
+    pub fn for_saga(&self, id: Uuid) -> Vec<Received> {
+        let id = id.to_string();
+        self.received()
+            .into_iter()
+            .filter(|r| r.saga_id() == id)
+            .collect()
+    }
+
+    /// Distinct command ids per (saga, step, action).
+    pub fn distinct_ids(&self, id: Uuid, step: &str, action: &str) -> BTreeSet<String> {
+        self.for_saga(id)
+            .iter()
+            .filter(|r| r.step() == step && r.action() == action)
+            .map(|r| r.command_id().to_string())
+            .collect()
+    }
+
+    /// Closes the connection (ends the consumers).
+    pub async fn close(self) {
+        let _ = self.conn.close(200, ShortString::from("bye")).await;
+    }
+}
+
+/// Publishes a raw reply body (persistent) to a queue on the default exchange.
+pub async fn publish_raw(
+    ch: &Channel,
+    queue: &str,
+    body: &[u8],
+    correlation_id: Option<&str>,
+) -> bool {
+    let mut props = BasicProperties::default().with_delivery_mode(2);
+    if let Some(c) = correlation_id {
+        props = props.with_correlation_id(ShortString::from(c));
+    }
+    match ch
+        .basic_publish(
+            ShortString::from(""),
+            ShortString::from(queue),
+            BasicPublishOptions::default(),
+            body,
+            props,
+        )
+        .await
+    {
+        Ok(confirm) => confirm.await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Collects lifecycle events of one saga type from `saga.events`.
+pub struct EventObserver {
+    /// Bodies received.
+    pub events: Arc<Mutex<Vec<Value>>>,
+    _conn: Connection,
+}
+
+impl EventObserver {
+    /// Binds an exclusive queue to `saga.events` with `<saga>.#`.
+    pub async fn start(saga: &str) -> Self {
+        let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
+            .await
+            .expect("connect");
+        let ch = conn.create_channel().await.expect("channel");
+        ch.exchange_declare(
+            ShortString::from("saga.events"),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("exchange");
+        let q = ch
+            .queue_declare(
+                ShortString::from(""),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("queue");
+        let qname = q.name().clone();
+        ch.queue_bind(
+            qname.clone(),
+            ShortString::from("saga.events"),
+            ShortString::from(format!("{saga}.#").as_str()),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind");
+        let mut consumer = ch
+            .basic_consume(
+                qname,
+                ShortString::from(""),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume");
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = events.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(d)) = consumer.next().await {
+                let mut v: Value = serde_json::from_slice(&d.data).unwrap_or(Value::Null);
+                v["routing_key"] = json!(d.routing_key.as_str());
+                if let Ok(mut e) = sink.lock() {
+                    e.push(v);
+                }
+            }
+        });
+        EventObserver {
+            events,
+            _conn: conn,
+        }
+    }
+
+    /// Events so far.
+    pub fn all(&self) -> Vec<Value> {
+        self.events.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+}
+
+/// Messages waiting in a queue (declared passively).
+pub async fn queue_depth(queue: &str) -> u32 {
+    let Ok(conn) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await else {
+        return 0;
+    };
+    let Ok(ch) = conn.create_channel().await else {
+        return 0;
+    };
+    let n = ch
+        .queue_declare(
+            ShortString::from(queue),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map(|q| q.message_count())
+        .unwrap_or(0);
+    let _ = conn.close(200, ShortString::from("bye")).await;
+    n
+}
+
+/// Fetches every message of a queue with basic.get: (body, headers as text).
+pub async fn drain_queue(queue: &str) -> Vec<(Vec<u8>, String)> {
+    let mut out = Vec::new();
+    let Ok(conn) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await else {
+        return out;
+    };
+    let Ok(ch) = conn.create_channel().await else {
+        return out;
+    };
+    while let Ok(Some(msg)) = ch
+        .basic_get(ShortString::from(queue), BasicGetOptions { no_ack: true })
+        .await
+    {
+        let headers = format!("{:?}", msg.delivery.properties.headers());
+        out.push((msg.delivery.data.clone(), headers));
+    }
+    let _ = conn.close(200, ShortString::from("bye")).await;
+    out
+}
+
+/// A connection to the test's database, for assertions.
+pub async fn db(names: &Names) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(&names.db_url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect test db");
+    tokio::spawn(conn);
+    client
+}

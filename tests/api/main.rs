@@ -1,0 +1,5 @@
+//! One integration-test binary against the real PostgreSQL and RabbitMQ.
+
+mod helpers;
+
+mod completion;
