@@ -639,3 +639,92 @@ pub async fn db(names: &Names) -> tokio_postgres::Client {
     tokio::spawn(conn);
     client
 }
+
+/// The real `saga-service serve` binary as a child process, for kill -9 and restarts.
+pub struct ChildApp {
+    /// `http://127.0.0.1:<port>`.
+    pub address: String,
+    child: std::process::Child,
+}
+
+/// A free loopback port (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl ChildApp {
+    /// Starts the binary for these names and waits until `/readiness` answers 200.
+    pub async fn start(names: &Names, http: &reqwest::Client) -> ChildApp {
+        let port = free_port();
+        let log = std::fs::File::create(
+            std::env::temp_dir().join(format!("{}-{port}.log", names.prefix)),
+        )
+        .expect("log file");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_saga-service"))
+            .arg("serve")
+            .env("SAGA_DATABASE_URL", names.db_url())
+            .env("SAGA_AMQP_URL", amqp_url())
+            .env("SAGA_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("SAGA_DEFINITIONS", &names.defs_path)
+            .env("SAGA_REPLY_QUEUE", &names.reply_queue)
+            .env("SAGA_HTTP_WORKERS", "1")
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn saga-service");
+        let app = ChildApp {
+            address: format!("http://127.0.0.1:{port}"),
+            child,
+        };
+        let ready = wait_until(Duration::from_secs(30), || async {
+            matches!(http.get(format!("{}/readiness", app.address)).send().await, Ok(r) if r.status() == 200)
+        })
+        .await;
+        assert!(ready, "saga-service child did not become ready");
+        app
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits up to `within` for the exit; returns its code.
+    pub async fn terminate(&mut self, within: Duration) -> Option<i32> {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for ChildApp {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Status of a saga read straight from the test database.
+pub async fn db_status(client: &tokio_postgres::Client, id: Uuid) -> Option<String> {
+    client
+        .query_opt("SELECT status FROM sagas WHERE id = $1", &[&id])
+        .await
+        .ok()
+        .flatten()
+        .map(|r| r.get(0))
+}

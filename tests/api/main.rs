@@ -2,4 +2,7 @@
 
 mod helpers;
 
+mod compensation;
 mod completion;
+mod operator;
+mod restart;
