@@ -1,0 +1,94 @@
+# saga-service: local development, tests and images.
+# `make` alone lists the targets. Environment variables pass through to the
+# programs (SAGA_HTTP_ADDR, SAGA_DATABASE_URL, SAGA_AMQP_URL, RUST_LOG, ...),
+# from the environment or the command line: `make run SAGA_HTTP_ADDR=0.0.0.0:3001`.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+# rustup installs cargo in ~/.cargo/bin, which a fresh shell may not have on PATH.
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+CARGO ?= cargo
+RUST_MIN_VERSION := 1.85
+RELEASE_DIR := target/release
+COMPOSE := docker compose -f docker/compose.yaml
+IMAGE ?= saga-service:latest
+
+# The tests create their own databases and queues on these servers.
+export SAGA_TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
+export SAGA_TEST_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/%2f
+
+# `make migrate` / `make run` against the local PostgreSQL, which trusts
+# 127.0.0.1 (see scripts/services.sh), unless SAGA_DATABASE_URL says otherwise.
+LOCAL_DATABASE_URL := postgres://postgres@127.0.0.1:5432/postgres
+
+# Extra arguments: make test TEST_ARGS='saga::', make bench BENCH_ARGS='--help'.
+TEST_ARGS ?=
+BENCH_ARGS ?=
+
+.PHONY: help services toolchain build migrate run test lint bench chaos image up down
+
+help:
+	@echo 'saga-service make targets:'
+	@echo '  services   make sure PostgreSQL (127.0.0.1:5432) and RabbitMQ (127.0.0.1:5672) answer'
+	@echo '  build      cargo build --release --bins'
+	@echo '  migrate    services + build, then saga-service migrate'
+	@echo '  run        services + build + migrate, then saga-service serve and stubs'
+	@echo '             for commands1..3 (logs in target/run/); Ctrl-C stops them all'
+	@echo '  test       services, then cargo test (SAGA_TEST_DATABASE_URL, SAGA_TEST_AMQP_URL)'
+	@echo '  lint       cargo fmt --check and cargo clippy -D warnings'
+	@echo '  bench      services + build, then target/release/saga-bench $$BENCH_ARGS'
+	@echo '  chaos      services, then the ignored chaos tests (cargo test --release --test chaos)'
+	@echo '  image      docker build -f docker/Dockerfile -t $(IMAGE) .'
+	@echo '  up / down  docker compose -f docker/compose.yaml up --build / down'
+	@echo '  toolchain  check that cargo (Rust >= $(RUST_MIN_VERSION)) is installed'
+
+services:
+	bash scripts/services.sh
+
+# Fails with a clear message when cargo is missing or older than RUST_MIN_VERSION.
+toolchain:
+	@if ! command -v $(CARGO) >/dev/null 2>&1; then \
+	  echo "cargo not found (looked on PATH and in $(HOME)/.cargo/bin)." >&2; \
+	  echo "Install Rust >= $(RUST_MIN_VERSION) with rustup:  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh" >&2; \
+	  echo "(Debian's apt package 'cargo' may be older than $(RUST_MIN_VERSION).)" >&2; \
+	  exit 1; \
+	fi; \
+	ver="$$($(CARGO) --version | awk '{print $$2}')"; \
+	if ! printf '%s\n%s\n' "$(RUST_MIN_VERSION)" "$${ver%%-*}" | sort -V -C; then \
+	  echo "cargo $$ver is too old: saga-service needs Rust >= $(RUST_MIN_VERSION) (rustup update stable)." >&2; \
+	  exit 1; \
+	fi
+
+build: toolchain
+	$(CARGO) build --release --bins
+
+migrate: services build
+	SAGA_DATABASE_URL="$${SAGA_DATABASE_URL:-$(LOCAL_DATABASE_URL)}" $(RELEASE_DIR)/saga-service migrate
+
+run: migrate
+	SAGA_BIN_DIR=$(RELEASE_DIR) bash scripts/run.sh
+
+test: services toolchain
+	$(CARGO) test $(TEST_ARGS) -- --test-threads=8
+
+lint: toolchain
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+bench: services build
+	@test -x $(RELEASE_DIR)/saga-bench || { echo "$(RELEASE_DIR)/saga-bench was not built: is there a saga-bench binary target yet?" >&2; exit 1; }
+	$(RELEASE_DIR)/saga-bench $(BENCH_ARGS)
+
+chaos: services toolchain
+	$(CARGO) test --release --test chaos -- --ignored --test-threads=1
+
+image:
+	docker build -f docker/Dockerfile -t $(IMAGE) .
+
+up:
+	$(COMPOSE) up --build
+
+down:
+	$(COMPOSE) down
