@@ -23,9 +23,8 @@ export SAGA_TEST_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/%2f
 # 127.0.0.1 (see scripts/services.sh), unless SAGA_DATABASE_URL says otherwise.
 LOCAL_DATABASE_URL := postgres://postgres@127.0.0.1:5432/postgres
 
-# Extra arguments: make test TEST_ARGS='saga::', make bench BENCH_ARGS='--help'.
+# Extra arguments: make test TEST_ARGS='saga::'; make bench BENCH_ONLY=classic BENCH_RUNS=1.
 TEST_ARGS ?=
-BENCH_ARGS ?=
 
 .PHONY: help services toolchain build migrate run test lint bench chaos image up down
 
@@ -38,7 +37,7 @@ help:
 	@echo '             for commands1..3 (logs in target/run/); Ctrl-C stops them all'
 	@echo '  test       services, then cargo test (SAGA_TEST_DATABASE_URL, SAGA_TEST_AMQP_URL)'
 	@echo '  lint       cargo fmt --check and cargo clippy -D warnings'
-	@echo '  bench      services + build, then target/release/saga-bench $$BENCH_ARGS'
+	@echo '  bench      services + build, then scripts/bench.sh (every workload; BENCH_RUNS, BENCH_SAGAS, BENCH_ONLY)'
 	@echo '  chaos      services, then the ignored chaos tests (cargo test --release --test chaos)'
 	@echo '  image      docker build -f docker/Dockerfile -t $(IMAGE) .'
 	@echo '  up / down  docker compose -f docker/compose.yaml up --build / down'
@@ -78,8 +77,7 @@ lint: toolchain
 	$(CARGO) clippy --all-targets -- -D warnings
 
 bench: services build
-	@test -x $(RELEASE_DIR)/saga-bench || { echo "$(RELEASE_DIR)/saga-bench was not built: is there a saga-bench binary target yet?" >&2; exit 1; }
-	$(RELEASE_DIR)/saga-bench $(BENCH_ARGS)
+	bash scripts/bench.sh
 
 chaos: services toolchain
 	$(CARGO) test --release --test chaos -- --ignored --test-threads=1

@@ -1,7 +1,8 @@
 //! Prometheus metrics of the orchestrator.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 /// Every metric the service exports at `/metrics`.
@@ -16,6 +17,8 @@ pub struct Metrics {
     pub replies: IntCounterVec,
     /// Commands published, by action (`execute`, `compensate`) and kind (`first`, `resend`).
     pub commands: IntCounterVec,
+    /// Commands the broker confirmed.
+    pub commands_confirmed: IntCounter,
     /// Transitions committed, by event.
     pub transitions: IntCounterVec,
     /// Snapshot commit time, seconds.
@@ -50,6 +53,11 @@ impl Metrics {
             "Commands published",
             &["action", "kind"],
         )?;
+        let commands_confirmed = IntCounter::new(
+            "saga_commands_confirmed_total",
+            "Commands the broker confirmed",
+        )?;
+        registry.register(Box::new(commands_confirmed.clone()))?;
         let transitions = counter(
             "saga_transitions_total",
             "Transitions committed",
@@ -73,6 +81,7 @@ impl Metrics {
             sagas_finished,
             replies,
             commands,
+            commands_confirmed,
             transitions,
             snapshot_seconds,
             live_actors,

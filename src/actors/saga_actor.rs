@@ -150,6 +150,9 @@ impl SagaActor {
                 .await
         };
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            if res.is_ok() {
+                act.env.metrics.commands_confirmed.inc();
+            }
             if let Err(e) = res {
                 let still_pending = act
                     .state

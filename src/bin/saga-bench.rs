@@ -65,6 +65,9 @@ struct Args {
     /// PID of the orchestrator, for CPU seconds and peak RSS.
     #[arg(long)]
     pid: Option<u32>,
+    /// Offer this many starts per second (open loop) instead of keeping C in flight.
+    #[arg(long)]
+    rate: Option<f64>,
     /// A label printed in the result line.
     #[arg(long, default_value = "")]
     label: String,
@@ -194,7 +197,14 @@ async fn main() -> anyhow::Result<()> {
     let failures = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let began = Instant::now();
     let mut tasks = Vec::with_capacity(args.sagas);
+    let mut ticker = args
+        .rate
+        .filter(|r| *r > 0.0)
+        .map(|r| tokio::time::interval(Duration::from_secs_f64(1.0 / r)));
     for i in 0..args.sagas {
+        if let Some(t) = ticker.as_mut() {
+            t.tick().await;
+        }
         let permit = sem.clone().acquire_owned().await?;
         let (args, http, waiters, latencies, transitions, failures) = (
             args.clone(),
@@ -259,11 +269,12 @@ async fn main() -> anyhow::Result<()> {
         .map(|k| format!("{}", k / 1024))
         .unwrap_or("-".into());
     println!(
-        "workload={:?}{} sagas={} concurrency={} finished={} failed={} elapsed_s={:.2} sagas_per_s={:.0} p50_ms={:.1} p95_ms={:.1} p99_ms={:.1} transitions_per_s={:.0} orchestrator_cpu_s={} peak_rss_mib={} rss_mib={}",
+        "workload={:?}{} sagas={} concurrency={}{} finished={} failed={} elapsed_s={:.2} sagas_per_s={:.0} p50_ms={:.1} p95_ms={:.1} p99_ms={:.1} transitions_per_s={:.0} orchestrator_cpu_s={} peak_rss_mib={} rss_mib={}",
         args.workload,
         if args.label.is_empty() { String::new() } else { format!("[{}]", args.label) },
         args.sagas,
         args.concurrency,
+        args.rate.map(|r| format!(" rate={r}")).unwrap_or_default(),
         done,
         failures.load(std::sync::atomic::Ordering::Relaxed),
         elapsed,

@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# Reproduces the README's Performance table (`make bench`): starts the release
+# orchestrator and stub participants against the local PostgreSQL and RabbitMQ,
+# runs every workload with saga-bench, and prints one line per run plus medians.
+# Knobs: BENCH_RUNS (3), BENCH_SAGAS (20000), BENCH_IDLE_SAGAS (100000), BENCH_PORT (3100),
+# BENCH_ONLY (space-separated subset of: classic quorum steps10 payload rehydrate).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+BIN=target/release
+PORT=${BENCH_PORT:-3100}
+RUNS=${BENCH_RUNS:-3}
+SAGAS=${BENCH_SAGAS:-20000}
+IDLE=${BENCH_IDLE_SAGAS:-100000}
+ONLY=${BENCH_ONLY:-classic quorum steps10 payload rehydrate}
+ADMIN=${SAGA_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+DB=saga_bench
+DB_URL="${ADMIN%/*}/$DB"
+OUT=target/bench
+DEFS=$OUT/definitions.toml
+RESULTS=$OUT/results.txt
+mkdir -p "$OUT"
+: > "$RESULTS"
+
+SVC_PID=""
+STUB_PIDS=()
+
+stop_stack() {
+    for p in "${STUB_PIDS[@]}" $SVC_PID; do kill "$p" 2>/dev/null || true; done
+    for p in "${STUB_PIDS[@]}" $SVC_PID; do wait "$p" 2>/dev/null || true; done
+    STUB_PIDS=()
+    SVC_PID=""
+}
+trap stop_stack EXIT
+
+wants() { [[ " $ONLY " == *" $1 "* ]]; }
+
+step_names() { seq -s, -f 'service%g' 1 "$1"; }
+
+write_definitions() {
+    {
+        echo '[[sagas]]'
+        echo 'name = "bench"'
+        for i in $(seq 1 "$1"); do
+            printf '[[sagas.steps]]\nname = "service%s"\nqueue = "bench.c%s"\n' "$i" "$i"
+        done
+    } > "$DEFS"
+}
+
+wait_ready() {
+    local deadline=$((SECONDS + 120))
+    until curl -fs "http://127.0.0.1:$PORT/readiness" >/dev/null 2>&1; do
+        if ((SECONDS > deadline)); then echo "bench: orchestrator not ready" >&2; exit 1; fi
+        sleep 0.05
+    done
+}
+
+start_orchestrator() { # $1 queue type
+    SAGA_DATABASE_URL=$DB_URL SAGA_HTTP_ADDR=127.0.0.1:$PORT SAGA_DEFINITIONS=$DEFS \
+        SAGA_REPLY_QUEUE=bench.responses SAGA_QUEUE_TYPE=$1 RUST_LOG=warn \
+        "$BIN/saga-service" serve >> "$OUT/orchestrator.log" 2>&1 &
+    SVC_PID=$!
+}
+
+start_stubs() { # $1 first step, $2 last step
+    for i in $(seq "$1" "$2"); do
+        RUST_LOG=warn "$BIN/saga-stub" --queue "bench.c$i" --service "service$i" --prefetch 500 \
+            >> "$OUT/stubs.log" 2>&1 &
+        STUB_PIDS+=($!)
+    done
+}
+
+# A fresh database and queues, the orchestrator, and stubs for steps $3..$2.
+fresh_stack() { # $1 queue type, $2 steps, $3 first stubbed step (default 1)
+    stop_stack
+    psql "$ADMIN" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB" >/dev/null
+    for q in bench.responses bench.responses.dlq $(seq -f 'bench.c%g' 1 10); do
+        rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true
+    done
+    write_definitions "$2"
+    start_orchestrator "$1"
+    wait_ready
+    start_stubs "${3:-1}" "$2"
+}
+
+bench() { # label, steps, saga-bench args...
+    local label=$1 steps=$2
+    shift 2
+    "$BIN/saga-bench" --url "http://127.0.0.1:$PORT" --saga bench --steps "$(step_names "$steps")" \
+        --pid "$SVC_PID" --label "$label" "$@" | tee -a "$RESULTS"
+}
+
+metric() { curl -fs "http://127.0.0.1:$PORT/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+
+echo "bench: $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB, $(uname -sr); PostgreSQL, RabbitMQ, orchestrator and stubs on this machine"
+
+if wants classic; then
+    fresh_stack classic 3
+    bench warmup 3 --sagas 2000 --concurrency 200 >/dev/null
+    for _ in $(seq "$RUNS"); do bench classic 3 --sagas "$SAGAS" --concurrency 1000; done
+    peak=$(awk '/\[classic\]/ {for (i=1;i<=NF;i++) if ($i ~ /^sagas_per_s=/) {split($i,a,"="); print a[2]}}' "$RESULTS" | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}')
+    bench one-at-a-time 3 --sagas 500 --concurrency 1
+    bench half-peak 3 --sagas "$SAGAS" --concurrency 100000 --rate "$((peak / 2))"
+    for _ in $(seq "$RUNS"); do bench compensate 3 --sagas "$SAGAS" --concurrency 1000 --workload compensate; done
+    for _ in $(seq "$RUNS"); do bench mixed 3 --sagas "$SAGAS" --concurrency 1000 --workload mixed; done
+fi
+if wants payload; then
+    fresh_stack classic 3
+    bench payload-100B 3 --sagas "$SAGAS" --concurrency 1000 --payload-bytes 100
+    bench payload-10KiB 3 --sagas "$SAGAS" --concurrency 1000 --payload-bytes 10240
+fi
+if wants quorum; then
+    fresh_stack quorum 3
+    bench warmup 3 --sagas 2000 --concurrency 200 >/dev/null
+    for _ in $(seq "$RUNS"); do bench quorum 3 --sagas "$SAGAS" --concurrency 1000; done
+fi
+if wants steps10; then
+    fresh_stack classic 10
+    bench steps-10 10 --sagas "$((SAGAS / 2))" --concurrency 1000
+fi
+if wants rehydrate; then
+    # Step 1's participant is held (no consumer): every saga waits on its first command.
+    fresh_stack classic 3 2
+    before=$(rss_kib "$SVC_PID")
+    bench idle 3 --sagas "$IDLE" --concurrency 500 --workload hold
+    after=$(rss_kib "$SVC_PID")
+    echo "idle: $IDLE sagas in flight, orchestrator RSS ${before} KiB -> ${after} KiB, $(( (after - before) * 1024 / IDLE )) bytes per saga" | tee -a "$RESULTS"
+    kill -9 "$SVC_PID"
+    wait "$SVC_PID" 2>/dev/null || true
+    t0=$(date +%s.%N)
+    start_orchestrator classic
+    wait_ready
+    t1=$(date +%s.%N)
+    deadline=$((SECONDS + 300))
+    until [ "$(metric saga_commands_confirmed_total || echo 0)" -ge "$IDLE" ] 2>/dev/null; do
+        ((SECONDS < deadline)) || { echo "bench: re-sends did not finish" >&2; break; }
+        sleep 0.1
+    done
+    t2=$(date +%s.%N)
+    echo "rehydrate: $IDLE sagas, ready after $(echo "$t1 - $t0" | bc) s, every pending command re-sent and confirmed after $(echo "$t2 - $t0" | bc) s, RSS $(rss_kib "$SVC_PID") KiB" | tee -a "$RESULTS"
+fi
+stop_stack
+for q in bench.responses bench.responses.dlq $(seq -f 'bench.c%g' 1 10); do rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true; done
+psql "$ADMIN" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null
+
+echo "bench: medians (sagas/s, p50 ms, p99 ms, transitions/s) per label"
+awk '/^workload=/ && !/\[warmup\]/ {
+    label=$1; for (i=1;i<=NF;i++) { split($i,a,"="); v[a[1]]=a[2] }
+    n[label]++; s[label,n[label]]=v["sagas_per_s"]; p50[label,n[label]]=v["p50_ms"]; p99[label,n[label]]=v["p99_ms"]; t[label,n[label]]=v["transitions_per_s"]
+} END {
+    for (l in n) { m=int((n[l]+1)/2); printf "  %-45s %6s %8s %8s %7s\n", l, s[l,m], p50[l,m], p99[l,m], t[l,m] }
+}' "$RESULTS"
