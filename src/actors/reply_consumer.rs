@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 
 use super::messages::{Applied, DeliverError, DeliverEvent};
 use super::{Env, Registry};
-use crate::broker::wire::{decode_reply, PoisonReason};
+use crate::broker::wire::{decode_reply, salvage_saga_id, PoisonReason};
 use crate::broker::{ReplyDelivery, ReplyStream};
 use crate::saga::{Event, TransitionError};
 
@@ -57,7 +57,8 @@ impl Actor for ReplyConsumer {
 /// What to do with a delivery once its fate is known.
 enum Settle {
     Ack(&'static str),
-    DeadLetter(String),
+    /// Copy to the DLQ with this reason; also record it against the saga, if one is named.
+    DeadLetter(String, Option<uuid::Uuid>),
     Requeue,
 }
 
@@ -68,7 +69,9 @@ impl StreamHandler<ReplyDelivery> for ReplyConsumer {
         // Each delivery is settled on its own task: many sagas advance at once, bounded by prefetch.
         actix::spawn(async move {
             let settle = match decode_reply(delivery.data(), delivery.correlation_id()) {
-                Err(reason) => Settle::DeadLetter(reason.to_string()),
+                Err(reason) => {
+                    Settle::DeadLetter(reason.to_string(), salvage_saga_id(delivery.data()))
+                }
                 Ok(reply) => {
                     let saga_id = reply.saga_id;
                     let event = Event::Reply {
@@ -82,14 +85,14 @@ impl StreamHandler<ReplyDelivery> for ReplyConsumer {
                             Settle::Ack("ignored")
                         }
                         Ok(Ok(Applied::Ignored(e))) => {
-                            Settle::DeadLetter(format!("saga {saga_id}: {e}"))
+                            Settle::DeadLetter(e.to_string(), Some(saga_id))
                         }
                         Ok(Err(DeliverError::UnknownSaga(id))) => {
-                            Settle::DeadLetter(PoisonReason::UnknownSaga(id).to_string())
+                            Settle::DeadLetter(PoisonReason::UnknownSaga(id).to_string(), None)
                         }
                         Ok(Err(DeliverError::Store(e))) if !e.is_transient() => match e {
                             crate::store::StoreError::Corrupt(_) => {
-                                Settle::DeadLetter(format!("saga {saga_id}: {e}"))
+                                Settle::DeadLetter(e.to_string(), Some(saga_id))
                             }
                             _ => Settle::Requeue,
                         },
@@ -114,8 +117,22 @@ async fn settle_delivery(env: &Env, delivery: ReplyDelivery, settle: Settle) {
             replies.with_label_values(&[outcome]).inc();
             delivery.ack().await
         }
-        Settle::DeadLetter(reason) => {
-            log::warn!("saga=- step=- reply dead-lettered: {reason}");
+        Settle::DeadLetter(reason, saga_id) => {
+            let shown = saga_id
+                .map(|id| id.to_string())
+                .unwrap_or_else(|| "-".into());
+            log::warn!("saga={shown} step=- reply dead-lettered: {reason}");
+            if let Some(id) = saga_id {
+                let pool = env.writer.pool();
+                if let Err(e) =
+                    crate::store::queries::quarantine(pool, id, &reason, delivery.data()).await
+                {
+                    log::warn!("saga={id} step=- quarantine not recorded ({e}); reply handed back");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let _ = delivery.requeue().await;
+                    return;
+                }
+            }
             match env
                 .broker
                 .dead_letter(delivery.data(), delivery.properties(), &reason)

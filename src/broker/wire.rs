@@ -124,6 +124,16 @@ pub fn decode_reply(body: &[u8], correlation_id: Option<&str>) -> Result<Reply, 
     })
 }
 
+/// The `saga_id` of a reply that did not decode, if its body names one (for quarantine).
+pub fn salvage_saga_id(body: &[u8]) -> Option<Uuid> {
+    if body.is_empty() || body.len() > MAX_REPLY_BYTES {
+        return None;
+    }
+    let text = String::from_utf8_lossy(body);
+    let value: Value = serde_json::from_str(&text).ok()?;
+    Uuid::parse_str(value.get("saga_id")?.as_str()?).ok()
+}
+
 /// Body of a lifecycle event on `saga.events`.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 pub struct LifecycleEvent {

@@ -5,8 +5,14 @@ use deadpool_postgres::Pool;
 use super::StoreError;
 
 /// `(version, name, sql)` of every migration, in order.
-pub const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "0001_init.sql", include_str!("../../sql/0001_init.sql"))];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "0001_init.sql", include_str!("../../sql/0001_init.sql")),
+    (
+        2,
+        "0002_quarantine.sql",
+        include_str!("../../sql/0002_quarantine.sql"),
+    ),
+];
 
 /// Key of the advisory lock that serialises concurrent migrators.
 const LOCK_KEY: i64 = 0x5a6a_0001;
@@ -58,4 +64,26 @@ async fn apply_pending(client: &mut deadpool_postgres::Object) -> Result<usize, 
         applied += 1;
     }
     Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MIGRATIONS;
+
+    #[test]
+    fn every_file_in_sql_is_listed_in_order_with_its_number() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sql");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".sql"))
+            .collect();
+        files.sort();
+        let listed: Vec<String> = MIGRATIONS.iter().map(|(_, n, _)| n.to_string()).collect();
+        assert_eq!(files, listed);
+        for (i, (version, name, _)) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(*version as usize, i + 1);
+            assert!(name.starts_with(&format!("{:04}_", version)));
+        }
+    }
 }

@@ -93,6 +93,42 @@ pub struct SagaView {
     pub state: Value,
     /// Every transition, oldest first.
     pub history: Vec<HistoryRow>,
+    /// Replies for this saga that could not be applied (also dead-lettered).
+    pub quarantined: Vec<QuarantineRow>,
+}
+
+/// A reply kept against its saga because it could not be applied.
+#[derive(Debug, Clone, Serialize)]
+pub struct QuarantineRow {
+    /// Why it could not be applied.
+    pub reason: String,
+    /// The raw body (lossily decoded, at most 64 KiB).
+    pub body: String,
+    /// When it arrived.
+    pub at: DateTime<Utc>,
+}
+
+/// Body bytes kept in quarantine at most.
+const QUARANTINE_BODY_MAX: usize = 64 * 1024;
+
+/// Records a reply against a saga, if the saga exists; returns whether it does.
+pub async fn quarantine(
+    pool: &Pool,
+    saga_id: Uuid,
+    reason: &str,
+    body: &[u8],
+) -> Result<bool, StoreError> {
+    let client = pool.get().await?;
+    let kept = &body[..body.len().min(QUARANTINE_BODY_MAX)];
+    // PostgreSQL text cannot hold NUL bytes.
+    let text = String::from_utf8_lossy(kept).replace('\0', "\u{FFFD}");
+    let n = client
+        .execute(
+            "INSERT INTO saga_quarantine (saga_id, reason, body) SELECT id, $2, $3 FROM sagas WHERE id = $1",
+            &[&saga_id, &reason, &text],
+        )
+        .await?;
+    Ok(n == 1)
 }
 
 const ROW_COLUMNS: &str =
@@ -136,11 +172,25 @@ pub async fn view(pool: &Pool, id: Uuid) -> Result<Option<SagaView>, StoreError>
             at: r.get(5),
         })
         .collect();
+    let quarantined = client
+        .query(
+            "SELECT reason, body, at FROM saga_quarantine WHERE saga_id = $1 ORDER BY id",
+            &[&id],
+        )
+        .await?
+        .iter()
+        .map(|r| QuarantineRow {
+            reason: r.get(0),
+            body: r.get(1),
+            at: r.get(2),
+        })
+        .collect();
     Ok(Some(SagaView {
         row: saga_row(&row),
         payload: row.get(8),
         state: row.get(9),
         history,
+        quarantined,
     }))
 }
 

@@ -5,4 +5,5 @@ mod helpers;
 mod compensation;
 mod completion;
 mod operator;
+mod quarantine;
 mod restart;
