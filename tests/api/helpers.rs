@@ -1,3 +1,4 @@
+#![allow(dead_code)] // shared by several test binaries; each uses a part
 //! Test harness: an app per test on its own database, queues and saga type; scripted
 //! participants on real RabbitMQ; an observer of lifecycle events; polling waits.
 
