@@ -4,6 +4,10 @@
 //! a guard restarts both services whatever happens. `make test` runs the small versions;
 //! `make chaos` runs the full ones (the `#[ignore]`d tests) with the sizes of issue #3.
 
+// Each test runs on its own thread and runtime: a std Mutex held across awaits is
+// exactly what serialises them, and blocks nothing else.
+#![allow(clippy::await_holding_lock)]
+
 #[path = "api/helpers.rs"]
 mod helpers;
 
@@ -79,7 +83,7 @@ struct Stub {
 }
 
 impl Stub {
-    fn start(names: &Names, step: usize, effects: &PathBuf, delay_ms: u64) -> Stub {
+    fn start(names: &Names, step: usize, effects: &std::path::Path, delay_ms: u64) -> Stub {
         let child = Command::new(env!("CARGO_BIN_EXE_saga-stub"))
             .args([
                 "--queue",
