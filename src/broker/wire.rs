@@ -227,4 +227,74 @@ mod tests {
             Err(PoisonReason::TooLarge(_))
         ));
     }
+
+    /// A xorshift generator: deterministic, so a failure replays.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    #[test]
+    fn any_bytes_decode_to_a_reply_or_a_named_reason_never_a_panic() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let pieces: &[&[u8]] = &[
+            b"{",
+            b"}",
+            b"[",
+            b"]",
+            b"\"",
+            b":",
+            b",",
+            b"saga_id",
+            b"status",
+            b"done",
+            b"error",
+            b"command_id",
+            b"output",
+            ID.as_bytes(),
+            b"null",
+            b"1e999",
+            b"\\u0000",
+            &[0xff],
+            &[0xc3],
+        ];
+        for _ in 0..20_000 {
+            let mut body = Vec::new();
+            for _ in 0..(rng.next() % 24) {
+                if rng.next() % 4 == 0 {
+                    body.push(rng.next() as u8);
+                } else {
+                    body.extend_from_slice(pieces[(rng.next() % pieces.len() as u64) as usize]);
+                }
+            }
+            let cid = if rng.next() % 2 == 0 { Some("c") } else { None };
+            match decode_reply(&body, cid) {
+                Ok(r) => assert!(!r.command_id.is_empty()),
+                Err(reason) => assert!(!reason.to_string().is_empty()),
+            }
+            let _ = salvage_saga_id(&body);
+        }
+    }
+
+    #[test]
+    fn a_valid_reply_survives_any_extra_fields_and_types_in_optional_fields() {
+        let mut rng = Rng(42);
+        let extras = [
+            r#""x":1"#,
+            r#""output":[1,2]"#,
+            r#""error":{"a":1}"#,
+            r#""service":5"#,
+            r#""output":null"#,
+        ];
+        for _ in 0..1_000 {
+            let extra = extras[(rng.next() % extras.len() as u64) as usize];
+            let body = format!(r#"{{"command_id":"c","saga_id":"{ID}","status":"done",{extra}}}"#);
+            assert!(decode_reply(body.as_bytes(), None).is_ok(), "{body}");
+        }
+    }
 }
