@@ -2,8 +2,12 @@
 
 mod helpers;
 
+mod hostile;
+
 mod compensation;
 mod completion;
+mod http_api;
 mod operator;
 mod quarantine;
+mod replies;
 mod restart;

@@ -137,8 +137,9 @@ async fn a_saga_started_on_definition_v1_finishes_on_v1_after_the_file_changes_a
 
     // v2 adds a third step.
     write_definitions(&fx.names, &[steps(&fx.names, 3, 30_000, 3)]);
-    let child = ChildApp::start(&fx.names, &http).await;
+    // Released before the restart: the rehydrated saga's re-sent s2 must be answered.
     hold.store(false, Ordering::SeqCst);
+    let child = ChildApp::start(&fx.names, &http).await;
     let new = Uuid::new_v4();
     let r = http
         .post(format!("{}/start", child.address))

@@ -1,0 +1,142 @@
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::helpers::*;
+
+#[actix_web::test]
+async fn ten_thousand_concurrent_starts_of_one_saga_id_store_one_saga_and_answer_one_code() {
+    let app = spawn_app(None).await;
+    let participants = Participants::start(&app.names, 3, always_done()).await;
+    let id = Uuid::new_v4();
+    let body = json!({"saga_id": id, "saga": app.saga(), "payload": {"n": 1}});
+    let answers: Vec<(u16, String)> = futures_util::stream::iter(0..10_000)
+        .map(|_| {
+            let http = app.http.clone();
+            let url = app.url("/start");
+            let body = body.clone();
+            async move {
+                match http.post(url).json(&body).send().await {
+                    Ok(r) => {
+                        let status = r.status().as_u16();
+                        let v: serde_json::Value = r.json().await.unwrap_or_default();
+                        (status, v["code"].as_str().unwrap_or_default().to_string())
+                    }
+                    Err(e) => (0, e.to_string()),
+                }
+            }
+        })
+        .buffer_unordered(500)
+        .collect()
+        .await;
+    let code = base62::encode(id.as_u128());
+    assert!(
+        answers.iter().all(|(s, c)| *s == 200 && *c == code),
+        "{:?}",
+        answers.iter().find(|(s, c)| *s != 200 || *c != code)
+    );
+    assert!(
+        app.wait_status(id, "completed", Duration::from_secs(20))
+            .await
+    );
+    let db = db(&app.names).await;
+    let n: i64 = db
+        .query_one("SELECT count(*) FROM sagas", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+    assert_eq!(participants.distinct_ids(id, "s1", "execute").len(), 1);
+    assert_eq!(
+        participants
+            .for_saga(id)
+            .iter()
+            .filter(|c| c.step() == "s1")
+            .count(),
+        1,
+        "step 1 sent once"
+    );
+}
+
+#[actix_web::test]
+async fn hostile_http_input_gets_the_contract_codes_and_stores_nothing_wrong() {
+    let app = spawn_app(None).await;
+    let post = |ct: &'static str, body: Vec<u8>| {
+        let req = app
+            .http
+            .post(app.url("/start"))
+            .header("content-type", ct)
+            .body(body);
+        async move { req.send().await.map(|r| r.status().as_u16()).unwrap_or(0) }
+    };
+    // 1 MiB, and 64 KiB + 1.
+    assert_eq!(post("application/json", vec![b' '; 1 << 20]).await, 413);
+    assert_eq!(
+        post("application/json", vec![b' '; 64 * 1024 + 1]).await,
+        413
+    );
+    assert_eq!(post("text/xml", b"<start/>".to_vec()).await, 415);
+    assert_eq!(
+        post(
+            "application/x-www-form-urlencoded",
+            b"saga_id=%FF%FE".to_vec()
+        )
+        .await,
+        400
+    );
+    assert_eq!(
+        post("application/json", b"{\"saga_id\": 5}".to_vec()).await,
+        400
+    );
+    assert_eq!(
+        post("application/json", "[".repeat(10_000).into_bytes()).await,
+        400
+    );
+    let sql = "'; DROP TABLE sagas; --";
+    let id = Uuid::new_v4();
+    let body = json!({"saga_id": id, "saga": app.saga(), "payload": {"note": sql, "k'\"": sql}});
+    assert_eq!(
+        post("application/json", body.to_string().into_bytes()).await,
+        200
+    );
+    assert_eq!(
+        post(
+            "application/json",
+            json!({"saga_id": sql}).to_string().into_bytes()
+        )
+        .await,
+        400
+    );
+    assert_eq!(
+        post(
+            "application/json",
+            json!({"saga_id": Uuid::new_v4(), "saga": sql})
+                .to_string()
+                .into_bytes()
+        )
+        .await,
+        400
+    );
+    let r = app
+        .http
+        .get(app.url(&format!("/sagas?saga={}&status=running", urlencode(sql))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let view = app.saga_view(&id.to_string()).await;
+    assert_eq!(view["payload"]["note"], json!(sql), "stored verbatim");
+    let db = db(&app.names).await;
+    let n: i64 = db
+        .query_one("SELECT count(*) FROM sagas", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1, "only the valid start was stored");
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes().map(|b| format!("%{b:02X}")).collect()
+}
