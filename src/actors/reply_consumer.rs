@@ -91,7 +91,8 @@ impl StreamHandler<ReplyDelivery> for ReplyConsumer {
                             Settle::DeadLetter(PoisonReason::UnknownSaga(id).to_string(), None)
                         }
                         Ok(Err(DeliverError::Store(e))) if !e.is_transient() => match e {
-                            crate::store::StoreError::Corrupt(_) => {
+                            crate::store::StoreError::Corrupt(_)
+                            | crate::store::StoreError::Batch(_) => {
                                 Settle::DeadLetter(e.to_string(), Some(saga_id))
                             }
                             _ => Settle::Requeue,

@@ -62,6 +62,9 @@ pub enum PoisonReason {
     /// `saga_id` is not a UUID.
     #[error("saga_id `{0}` is not a UUID")]
     BadSagaId(String),
+    /// A string holds U+0000, which PostgreSQL cannot store.
+    #[error("body holds a NUL character (U+0000), which cannot be stored")]
+    Nul,
     /// `status` is neither `done` nor `error`.
     #[error("status `{0}` is neither done nor error")]
     BadStatus(String),
@@ -96,6 +99,13 @@ pub fn decode_reply(body: &[u8], correlation_id: Option<&str>) -> Result<Reply, 
     let text = std::str::from_utf8(body).map_err(|_| PoisonReason::NotUtf8)?;
     let raw: RawReply =
         serde_json::from_str(text).map_err(|e| PoisonReason::Invalid(e.to_string()))?;
+    let has_nul = |v: &Option<Value>| v.as_ref().is_some_and(crate::domain::contains_nul);
+    if has_nul(&raw.output)
+        || has_nul(&raw.error)
+        || raw.command_id.as_deref().is_some_and(|c| c.contains('\0'))
+    {
+        return Err(PoisonReason::Nul);
+    }
     let saga_id = Uuid::parse_str(&raw.saga_id)
         .map_err(|_| PoisonReason::BadSagaId(raw.saga_id.chars().take(64).collect()))?;
     let command_id = match raw.command_id.filter(|c| !c.is_empty()) {
@@ -266,13 +276,17 @@ mod tests {
         for _ in 0..20_000 {
             let mut body = Vec::new();
             for _ in 0..(rng.next() % 24) {
-                if rng.next() % 4 == 0 {
+                if rng.next().is_multiple_of(4) {
                     body.push(rng.next() as u8);
                 } else {
                     body.extend_from_slice(pieces[(rng.next() % pieces.len() as u64) as usize]);
                 }
             }
-            let cid = if rng.next() % 2 == 0 { Some("c") } else { None };
+            let cid = if rng.next().is_multiple_of(2) {
+                Some("c")
+            } else {
+                None
+            };
             match decode_reply(&body, cid) {
                 Ok(r) => assert!(!r.command_id.is_empty()),
                 Err(reason) => assert!(!reason.to_string().is_empty()),

@@ -39,6 +39,12 @@ struct ListQuery {
 pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let q: ListQuery = serde_urlencoded::from_str(req.query_string())
         .map_err(|e| ApiError::BadRequest(format!("bad query: {e}")))?;
+    if [&q.status, &q.saga, &q.limit, &q.after]
+        .iter()
+        .any(|v| v.as_deref().is_some_and(|s| s.contains('\0')))
+    {
+        return Err(ApiError::BadRequest("query holds a NUL character".into()));
+    }
     let status = match q.status.filter(|s| !s.is_empty()) {
         Some(s) => Some(
             Status::parse(&s)

@@ -79,6 +79,11 @@ fn from_form(body: &[u8]) -> Result<StartRequest, ApiError> {
 }
 
 fn build(saga_id: &str, saga: Option<String>, payload: Value) -> Result<StartRequest, ApiError> {
+    if crate::domain::contains_nul(&payload) {
+        return Err(ApiError::BadRequest(
+            "payload holds a NUL character (U+0000)".into(),
+        ));
+    }
     let saga_id = SagaId::parse_uuid(saga_id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let saga = saga
         .filter(|s| !s.is_empty())

@@ -216,8 +216,14 @@ impl Cursor {
     /// Parses [`Cursor::encode`]'s output.
     pub fn decode(s: &str) -> Option<Cursor> {
         let (ts, code) = s.split_once('_')?;
+        let created_at_us: i64 = ts.parse().ok()?;
+        // Sagas are created after 1970 and before the year 9999: anything else is no cursor of ours.
+        let ts = DateTime::<Utc>::from_timestamp_micros(created_at_us)?;
+        if created_at_us < 0 || ts.format("%Y").to_string().len() > 4 {
+            return None;
+        }
         Some(Cursor {
-            created_at_us: ts.parse().ok()?,
+            created_at_us,
             id: crate::domain::SagaId::parse_any(code).ok()?.0,
         })
     }

@@ -202,29 +202,48 @@ async fn write_loop(pool: Pool, rx: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>, ba
             jobs
         };
         match commit_batch(&pool, &jobs).await {
-            Ok(committed) => {
-                let committed: std::collections::HashSet<Uuid> = committed.into_iter().collect();
+            Err(e) if !e.is_transient() && jobs.len() > 1 => {
+                // One bad row fails the whole statement: commit each on its own so that
+                // only the culprit gets the error.
+                log::warn!(
+                    "snapshot batch of {} failed ({e}); committing one by one",
+                    jobs.len()
+                );
                 for job in jobs {
-                    let result = if committed.contains(&job.write.id) {
-                        Ok(())
-                    } else {
-                        Err(StoreError::Conflict(job.write.id))
-                    };
-                    let _ = job.done.send(result);
+                    let result = commit_batch(&pool, std::slice::from_ref(&job)).await;
+                    settle(vec![job], result);
                 }
             }
-            Err(e) => {
-                let transient = e.is_transient();
-                let text = e.to_string();
-                log::warn!("snapshot batch of {} failed: {text}", jobs.len());
-                for job in jobs {
-                    let err = if transient {
-                        StoreError::Unavailable(text.clone())
-                    } else {
-                        StoreError::Batch(text.clone())
-                    };
-                    let _ = job.done.send(Err(err));
-                }
+            result => settle(jobs, result),
+        }
+    }
+}
+
+/// Answers each job of a committed (or failed) batch.
+fn settle(jobs: Vec<Job>, result: Result<Vec<Uuid>, StoreError>) {
+    match result {
+        Ok(committed) => {
+            let committed: std::collections::HashSet<Uuid> = committed.into_iter().collect();
+            for job in jobs {
+                let result = if committed.contains(&job.write.id) {
+                    Ok(())
+                } else {
+                    Err(StoreError::Conflict(job.write.id))
+                };
+                let _ = job.done.send(result);
+            }
+        }
+        Err(e) => {
+            let transient = e.is_transient();
+            let text = e.to_string();
+            log::warn!("snapshot batch of {} failed: {text}", jobs.len());
+            for job in jobs {
+                let err = if transient {
+                    StoreError::Unavailable(text.clone())
+                } else {
+                    StoreError::Batch(text.clone())
+                };
+                let _ = job.done.send(Err(err));
             }
         }
     }

@@ -575,7 +575,6 @@ Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
 }
 
 #[actix_web::test]
-#[ignore = "BUG in src: answers 500 (PostgreSQL cannot store U+0000); run with --ignored"]
 async fn a_nul_character_in_a_start_payload_is_refused_with_400_not_a_500() {
     let app = spawn_app(None).await;
     let id = Uuid::new_v4();
@@ -595,7 +594,6 @@ async fn a_nul_character_in_a_start_payload_is_refused_with_400_not_a_500() {
 }
 
 #[actix_web::test]
-#[ignore = "BUG in src: answers 500 (NUL in a text parameter); run with --ignored"]
 async fn a_nul_character_in_the_type_filter_of_the_list_is_not_a_500() {
     let app = spawn_app(None).await;
     app.start_saga(json!({})).await;
@@ -607,7 +605,6 @@ async fn a_nul_character_in_the_type_filter_of_the_list_is_not_a_500() {
 }
 
 #[actix_web::test]
-#[ignore = "BUG in src: out-of-range cursors answer 500 or the first page; run with --ignored"]
 async fn a_cursor_outside_the_timestamp_range_is_refused_with_400() {
     let app = spawn_app(None).await;
     app.start_saga(json!({})).await;

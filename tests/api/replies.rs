@@ -364,7 +364,6 @@ async fn replies_for_a_finished_saga_are_acked_and_not_dead_lettered() {
 }
 
 #[actix_web::test]
-#[ignore = "BUG in src: such a reply is requeued every 200 ms forever; run with --ignored"]
 async fn a_reply_postgresql_cannot_store_is_settled_not_requeued_forever() {
     let app = spawn_app(None).await;
     let silent: Script = Arc::new(|_: &Received| Answer::Silent);
