@@ -104,6 +104,9 @@ pub struct ServeArgs {
     /// HTTP worker threads.
     #[arg(long, env = "SAGA_HTTP_WORKERS", default_value_t = 2)]
     pub http_workers: usize,
+    /// Milliseconds a saga actor may wait idle before it is passivated (0: never).
+    #[arg(long, env = "SAGA_PASSIVATE_AFTER_MS", default_value_t = 10_000)]
+    pub passivate_after_ms: u64,
     /// Seconds given to in-flight work on SIGTERM before the process exits.
     #[arg(long, env = "SAGA_SHUTDOWN_TIMEOUT_S", default_value_t = 10)]
     pub shutdown_timeout_s: u64,
@@ -171,6 +174,8 @@ pub struct Settings {
     pub http_workers: usize,
     /// Grace period on SIGTERM.
     pub shutdown_timeout: Duration,
+    /// Idle time before a saga actor is passivated.
+    pub passivate_after: Option<Duration>,
 }
 
 /// Parses a PostgreSQL URL, naming it on failure.
@@ -226,6 +231,8 @@ impl ServeArgs {
             snapshot_batch: positive("SAGA_SNAPSHOT_BATCH", self.snapshot_batch)?,
             http_workers: positive("SAGA_HTTP_WORKERS", self.http_workers)?,
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_s),
+            passivate_after: (self.passivate_after_ms > 0)
+                .then(|| Duration::from_millis(self.passivate_after_ms)),
         })
     }
 }

@@ -131,6 +131,7 @@ async fn boot(settings: Settings, state: web::Data<AppState>) {
         broker: broker.clone(),
         catalog: Arc::new(catalog),
         metrics: state.metrics.clone(),
+        passivate_after: settings.passivate_after,
     });
     let registry = Registry::new(env.clone()).start();
     let _ = state.core.set(Core {

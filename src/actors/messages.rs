@@ -69,6 +69,23 @@ pub struct RetireSaga {
     pub addr: Addr<crate::actors::SagaActor>,
 }
 
+/// Tells the registry an idle saga actor stopped to free memory; the registry keeps its timer.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Passivated {
+    /// The saga.
+    pub saga_id: Uuid,
+    /// The actor that stopped.
+    pub addr: Addr<crate::actors::SagaActor>,
+    /// Its armed timer, if any.
+    pub timer: Option<crate::actors::saga_actor::ArmedTimer>,
+}
+
+/// Asks a live saga actor to re-send its pending command and re-arm its timer (after a crash).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ResumeSaga;
+
 /// Tells the registry a saga actor panicked: restart it from its snapshot.
 #[derive(Message)]
 #[rtype(result = "()")]

@@ -25,4 +25,6 @@ pub struct Env {
     pub catalog: Arc<DefinitionCatalog>,
     /// Counters and histograms.
     pub metrics: Metrics,
+    /// Idle time after which a saga actor is passivated (None: never).
+    pub passivate_after: Option<std::time::Duration>,
 }

@@ -1,24 +1,63 @@
-//! The registry: spawns, finds, restarts and retires saga actors.
+//! The registry: spawns, finds, passivates, restarts and retires saga actors.
+//!
+//! It holds one slot per unfinished saga: the address of its live actor, or `Passive`
+//! for a saga whose actor was stopped to free memory (and whose timer the registry
+//! then keeps). An event for a passive saga reloads it from its snapshot.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use futures_util::StreamExt;
 use uuid::Uuid;
 
 use super::messages::{
-    Applied, ApplyEvent, CountLive, Crash, CrashSaga, DeliverError, DeliverEvent, RehydrateSagas,
-    RetireSaga, SagaCrashed, SpawnSaga,
+    Applied, ApplyEvent, CountLive, Crash, CrashSaga, DeliverError, DeliverEvent, Passivated,
+    RehydrateSagas, ResumeSaga, RetireSaga, SagaCrashed, SpawnSaga,
 };
+use super::saga_actor::encode_command;
 use super::{Env, SagaActor};
-use crate::saga::{self, Effect, SagaState, TransitionError};
+use crate::saga::{self, Effect, Event, SagaState, TransitionError};
 use crate::store::{queries, StoreError};
 
-/// Supervisor of every live saga actor. Holds only addresses; the sagas hold their state.
+/// Where a saga's actor is.
+enum Slot {
+    /// In memory.
+    Live(Addr<SagaActor>),
+    /// Stopped to save memory; reloaded from its snapshot on the next event.
+    Passive,
+}
+
+/// A timer of a passive saga.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Wake {
+    due: Instant,
+    saga_id: Uuid,
+    attempt: u32,
+    command_id: Box<str>,
+}
+
+/// How a saga loaded from its snapshot is brought back.
+#[derive(Clone, Copy)]
+enum Revive {
+    /// It was being driven here a moment ago (passivated, or its actor just stopped):
+    /// nothing to re-send; its timer is kept by the registry.
+    Reactivate,
+    /// Unknown here: re-send its pending command and re-arm its timer.
+    Resume,
+}
+
+/// Supervisor of every saga actor. Holds addresses and passive sagas' timers only.
 pub struct Registry {
     env: Arc<Env>,
-    sagas: HashMap<Uuid, Addr<SagaActor>>,
+    sagas: HashMap<Uuid, Slot>,
+    wakes: BinaryHeap<Reverse<Wake>>,
 }
+
+/// Re-sends of rehydrated sagas' pending commands in flight at once.
+const RESEND_CONCURRENCY: usize = 256;
 
 impl Registry {
     /// An empty registry.
@@ -26,6 +65,14 @@ impl Registry {
         Registry {
             env,
             sagas: HashMap::new(),
+            wakes: BinaryHeap::new(),
+        }
+    }
+
+    fn live(&self, id: &Uuid) -> Option<Addr<SagaActor>> {
+        match self.sagas.get(id) {
+            Some(Slot::Live(addr)) if addr.connected() => Some(addr.clone()),
+            _ => None,
         }
     }
 
@@ -36,10 +83,8 @@ impl Registry {
         effects: Vec<Effect>,
         ctx: &mut Context<Self>,
     ) -> Option<Addr<SagaActor>> {
-        if let Some(addr) = self.sagas.get(&state.saga_id) {
-            if addr.connected() {
-                return Some(addr.clone());
-            }
+        if let Some(addr) = self.live(&state.saga_id) {
+            return Some(addr);
         }
         let Some(def) = self.env.catalog.get(&state.saga, state.definition_version) else {
             log::error!(
@@ -52,18 +97,92 @@ impl Registry {
         };
         let id = state.saga_id;
         let addr = SagaActor::new(state, def, self.env.clone(), ctx.address(), effects).start();
-        self.sagas.insert(id, addr.clone());
+        self.sagas.insert(id, Slot::Live(addr.clone()));
         Some(addr)
     }
 
-    /// Spawns the actor of a saga loaded from its snapshot, resuming its pending command.
-    fn resume(&mut self, state: SagaState, ctx: &mut Context<Self>) -> Option<Addr<SagaActor>> {
-        let def = self
-            .env
-            .catalog
-            .get(&state.saga, state.definition_version)?;
-        let effects = saga::resume(&state, &def);
+    fn revive(
+        &mut self,
+        state: SagaState,
+        how: Revive,
+        ctx: &mut Context<Self>,
+    ) -> Option<Addr<SagaActor>> {
+        let effects = match how {
+            Revive::Reactivate => Vec::new(),
+            Revive::Resume => {
+                let def = self
+                    .env
+                    .catalog
+                    .get(&state.saga, state.definition_version)?;
+                saga::resume(&state, &def)
+            }
+        };
         self.spawn(state, effects, ctx)
+    }
+
+    /// Delivers the timers that are due.
+    fn wake_due(&mut self, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        while self.wakes.peek().is_some_and(|Reverse(w)| w.due <= now) {
+            let Some(Reverse(w)) = self.wakes.pop() else {
+                break;
+            };
+            ctx.notify(DeliverEvent {
+                saga_id: w.saga_id,
+                event: Event::TimerFired {
+                    command_id: w.command_id.into(),
+                    attempt: w.attempt,
+                },
+            });
+        }
+    }
+
+    fn load_and_apply(
+        &mut self,
+        saga_id: Uuid,
+        event: Event,
+        how: Revive,
+    ) -> ResponseActFuture<Self, Result<Applied, DeliverError>> {
+        let pool = self.env.writer.pool().clone();
+        let load = async move { queries::load(&pool, saga_id).await };
+        Box::pin(
+            load.into_actor(self)
+                .map(move |loaded, act, ctx| {
+                    let route = match loaded {
+                        Err(e) => Err(e.into()),
+                        Ok(None) => Err(DeliverError::UnknownSaga(saga_id)),
+                        Ok(Some(state)) if state.status.is_terminal() => {
+                            act.sagas.remove(&saga_id);
+                            Ok(None)
+                        }
+                        Ok(Some(state)) => match act.revive(state, how, ctx) {
+                            Some(addr) => Ok(Some(addr)),
+                            None => Err(DeliverError::Store(StoreError::Corrupt(format!(
+                                "saga {saga_id}: its definition is not stored"
+                            )))),
+                        },
+                    };
+                    (route, event)
+                })
+                .then(move |(route, event), act, _ctx| {
+                    let fut: ResponseActFuture<Self, Result<Applied, DeliverError>> = match route {
+                        Ok(Some(addr)) => Box::pin(
+                            async move {
+                                match addr.send(ApplyEvent(event)).await {
+                                    Ok(applied) => applied,
+                                    Err(_) => Err(DeliverError::ActorGone),
+                                }
+                            }
+                            .into_actor(act),
+                        ),
+                        Ok(None) => Box::pin(fut::ready(Ok(Applied::Ignored(
+                            TransitionError::Finished("finished"),
+                        )))),
+                        Err(e) => Box::pin(fut::ready(Err(e))),
+                    };
+                    fut
+                }),
+        )
     }
 }
 
@@ -73,6 +192,7 @@ impl Actor for Registry {
     fn started(&mut self, ctx: &mut Self::Context) {
         // The registry is the one address everything else holds: give it a deep mailbox.
         ctx.set_mailbox_capacity(1 << 20);
+        ctx.run_interval(Duration::from_millis(50), |act, ctx| act.wake_due(ctx));
     }
 }
 
@@ -87,22 +207,85 @@ impl Handler<SpawnSaga> for Registry {
 impl Handler<RehydrateSagas> for Registry {
     type Result = usize;
 
-    fn handle(&mut self, msg: RehydrateSagas, ctx: &mut Self::Context) -> usize {
+    /// Registers every unfinished saga as passive, arms its timer here, and re-sends its
+    /// pending command at the broker's pace (a bounded number of publishes in flight).
+    fn handle(&mut self, msg: RehydrateSagas, _ctx: &mut Self::Context) -> usize {
+        let mut resends = Vec::new();
+        let now = Instant::now();
         let mut n = 0;
         for state in msg.0 {
-            if self.resume(state, ctx).is_some() {
-                n += 1;
+            let Some(def) = self.env.catalog.get(&state.saga, state.definition_version) else {
+                log::error!(
+                    "saga={} step=- definition {} v{} is not stored",
+                    state.saga_id,
+                    state.saga,
+                    state.definition_version
+                );
+                continue;
+            };
+            for effect in saga::resume(&state, &def) {
+                match effect {
+                    Effect::Send {
+                        step,
+                        action,
+                        command_id,
+                        attempt,
+                    } => {
+                        if let Some((queue, body)) =
+                            encode_command(&state, &def, step, action, &command_id, attempt)
+                        {
+                            resends.push((queue, command_id, action, body));
+                        }
+                    }
+                    Effect::ArmTimer {
+                        command_id,
+                        attempt,
+                        after_ms,
+                    } => self.wakes.push(Reverse(Wake {
+                        due: now + Duration::from_millis(after_ms),
+                        saga_id: state.saga_id,
+                        attempt,
+                        command_id: command_id.into(),
+                    })),
+                    Effect::Announce(_) => {}
+                }
             }
+            self.sagas.insert(state.saga_id, Slot::Passive);
+            n += 1;
         }
+        let env = self.env.clone();
+        actix::spawn(async move {
+            futures_util::stream::iter(resends)
+                .for_each_concurrent(RESEND_CONCURRENCY, |(queue, command_id, action, body)| {
+                    let env = env.clone();
+                    async move {
+                        env.metrics
+                            .commands
+                            .with_label_values(&[action.as_str(), "rehydrate"])
+                            .inc();
+                        for retry in 0..30u32 {
+                            match env
+                                .broker
+                                .send_command(&queue, &command_id, action.as_str(), &body)
+                                .await
+                            {
+                                Ok(()) => {
+                                    env.metrics.commands_confirmed.inc();
+                                    return;
+                                }
+                                // The saga's time-out re-sends it anyway if this keeps failing.
+                                Err(_) => {
+                                    tokio::time::sleep(Duration::from_millis(200 << retry.min(4)))
+                                        .await
+                                }
+                            }
+                        }
+                    }
+                })
+                .await;
+        });
         n
     }
-}
-
-enum Route {
-    Live(Addr<SagaActor>),
-    Unknown,
-    Finished(&'static str),
-    Failed(DeliverError),
 }
 
 impl Handler<DeliverEvent> for Registry {
@@ -110,7 +293,7 @@ impl Handler<DeliverEvent> for Registry {
 
     fn handle(&mut self, msg: DeliverEvent, _ctx: &mut Self::Context) -> Self::Result {
         let DeliverEvent { saga_id, event } = msg;
-        if let Some(addr) = self.sagas.get(&saga_id).filter(|a| a.connected()).cloned() {
+        if let Some(addr) = self.live(&saga_id) {
             let fut = async move {
                 addr.send(ApplyEvent(event.clone()))
                     .await
@@ -119,64 +302,36 @@ impl Handler<DeliverEvent> for Registry {
             return Box::pin(fut.into_actor(self).then(move |res, act, _ctx| {
                 let fut: ResponseActFuture<Self, Result<Applied, DeliverError>> = match res {
                     Ok(applied) => Box::pin(fut::ready(applied)),
-                    // The actor stopped (finished, reloaded, or crashed) before taking it: look again.
-                    Err(event) => act.load_and_apply(saga_id, event),
+                    // The actor stopped (finished, passivated, reloading) before taking it: look again.
+                    Err(event) => act.load_and_apply(saga_id, event, Revive::Reactivate),
                 };
                 fut
             }));
         }
-        self.load_and_apply(saga_id, event)
+        let how = if self.sagas.contains_key(&saga_id) {
+            Revive::Reactivate
+        } else {
+            Revive::Resume
+        };
+        self.load_and_apply(saga_id, event, how)
     }
 }
 
-impl Registry {
-    fn load_and_apply(
-        &mut self,
-        saga_id: Uuid,
-        event: crate::saga::Event,
-    ) -> ResponseActFuture<Self, Result<Applied, DeliverError>> {
-        let pool = self.env.writer.pool().clone();
-        let load = async move { queries::load(&pool, saga_id).await };
-        Box::pin(
-            load.into_actor(self)
-                .map(move |loaded, act, ctx| {
-                    let route = match loaded {
-                        Err(e) => Route::Failed(e.into()),
-                        Ok(None) => Route::Unknown,
-                        Ok(Some(state)) if state.status.is_terminal() => {
-                            Route::Finished(state.status.as_str())
-                        }
-                        Ok(Some(state)) => match act.resume(state, ctx) {
-                            Some(addr) => Route::Live(addr),
-                            None => Route::Failed(DeliverError::Store(StoreError::Corrupt(
-                                format!("saga {saga_id}: its definition is not stored"),
-                            ))),
-                        },
-                    };
-                    (route, event)
-                })
-                .then(move |(route, event), act, _ctx| {
-                    let fut: ResponseActFuture<Self, Result<Applied, DeliverError>> = match route {
-                        Route::Live(addr) => Box::pin(
-                            async move {
-                                match addr.send(ApplyEvent(event)).await {
-                                    Ok(applied) => applied,
-                                    Err(_) => Err(DeliverError::ActorGone),
-                                }
-                            }
-                            .into_actor(act),
-                        ),
-                        Route::Unknown => {
-                            Box::pin(fut::ready(Err(DeliverError::UnknownSaga(saga_id))))
-                        }
-                        Route::Finished(status) => Box::pin(fut::ready(Ok(Applied::Ignored(
-                            TransitionError::Finished(status),
-                        )))),
-                        Route::Failed(e) => Box::pin(fut::ready(Err(e))),
-                    };
-                    fut
-                }),
-        )
+impl Handler<Passivated> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Passivated, _ctx: &mut Self::Context) {
+        if matches!(self.sagas.get(&msg.saga_id), Some(Slot::Live(a)) if *a == msg.addr) {
+            self.sagas.insert(msg.saga_id, Slot::Passive);
+        }
+        if let Some(t) = msg.timer {
+            self.wakes.push(Reverse(Wake {
+                due: t.due,
+                saga_id: msg.saga_id,
+                attempt: t.attempt,
+                command_id: t.command_id.into(),
+            }));
+        }
     }
 }
 
@@ -184,7 +339,7 @@ impl Handler<RetireSaga> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: RetireSaga, _ctx: &mut Self::Context) {
-        if self.sagas.get(&msg.saga_id) == Some(&msg.addr) {
+        if matches!(self.sagas.get(&msg.saga_id), Some(Slot::Live(a)) if *a == msg.addr) {
             self.sagas.remove(&msg.saga_id);
         }
     }
@@ -196,24 +351,26 @@ impl Handler<SagaCrashed> for Registry {
     fn handle(&mut self, msg: SagaCrashed, ctx: &mut Self::Context) {
         let saga_id = msg.saga_id;
         log::error!("saga={saga_id} step=- actor panicked; restarting it from its snapshot");
-        self.sagas.remove(&saga_id);
         let pool = self.env.writer.pool().clone();
         let load = async move { queries::load(&pool, saga_id).await };
         ctx.spawn(
             load.into_actor(self)
                 .map(move |loaded, act, ctx| match loaded {
-                    Ok(Some(state)) if !state.status.is_terminal() => {
-                        act.resume(state, ctx);
+                    Ok(Some(state)) if !state.status.is_terminal() => match act.live(&saga_id) {
+                        // Already reloaded by an event meanwhile: make it re-send and re-arm.
+                        Some(addr) => addr.do_send(ResumeSaga),
+                        None => {
+                            act.revive(state, Revive::Resume, ctx);
+                        }
+                    },
+                    Ok(_) => {
+                        act.sagas.remove(&saga_id);
                     }
-                    Ok(_) => {}
                     Err(e) => {
                         log::error!(
                             "saga={saga_id} step=- restart after panic failed: {e}; trying again"
                         );
-                        ctx.notify_later(
-                            SagaCrashed { saga_id },
-                            std::time::Duration::from_secs(1),
-                        );
+                        ctx.notify_later(SagaCrashed { saga_id }, Duration::from_secs(1));
                     }
                 }),
         );
@@ -224,7 +381,10 @@ impl Handler<CountLive> for Registry {
     type Result = usize;
 
     fn handle(&mut self, _msg: CountLive, _ctx: &mut Self::Context) -> usize {
-        self.sagas.len()
+        self.sagas
+            .values()
+            .filter(|s| matches!(s, Slot::Live(a) if a.connected()))
+            .count()
     }
 }
 
@@ -232,7 +392,7 @@ impl Handler<CrashSaga> for Registry {
     type Result = bool;
 
     fn handle(&mut self, msg: CrashSaga, _ctx: &mut Self::Context) -> bool {
-        match self.sagas.get(&msg.0) {
+        match self.live(&msg.0) {
             Some(addr) => {
                 addr.do_send(Crash);
                 true

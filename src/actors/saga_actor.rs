@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use super::messages::{Applied, ApplyEvent, Crash, DeliverError, RetireSaga, SagaCrashed};
+use super::messages::{
+    Applied, ApplyEvent, Crash, DeliverError, Passivated, ResumeSaga, RetireSaga, SagaCrashed,
+};
 use super::{Env, Registry};
 use crate::broker::wire::{CommandBody, LifecycleEvent};
 use crate::domain::SagaDefinition;
@@ -22,7 +24,50 @@ pub struct SagaActor {
     initial: Vec<Effect>,
     /// The one armed timer: arming another replaces it.
     timer: Option<SpawnHandle>,
+    /// What the armed timer will deliver, and when (handed to the registry on passivation).
+    armed: Option<ArmedTimer>,
+    /// Publishes not yet confirmed: the actor does not passivate while there are any.
+    publishing: u32,
+    /// Last time an event was applied or the actor started.
+    last_activity: Instant,
+    /// Stopping to free memory, not because the saga finished.
+    passivating: bool,
     _guard: CrashGuard,
+}
+
+/// A timer an actor armed: what it delivers and when.
+#[derive(Debug, Clone)]
+pub struct ArmedTimer {
+    /// When it is due.
+    pub due: Instant,
+    /// The command it is for.
+    pub command_id: String,
+    /// The attempt it is for.
+    pub attempt: u32,
+}
+
+/// The queue and body of a command, as the participant receives it.
+pub fn encode_command(
+    state: &SagaState,
+    def: &SagaDefinition,
+    step: usize,
+    action: StepAction,
+    command_id: &str,
+    attempt: u32,
+) -> Option<(String, Vec<u8>)> {
+    let def_step = def.steps.get(step)?;
+    let body = CommandBody {
+        command_id,
+        saga_id: state.saga_id,
+        saga: &state.saga,
+        step: &def_step.name,
+        action: action.as_str(),
+        attempt,
+        payload: &state.payload,
+        results: &state.results,
+    };
+    let bytes = serde_json::to_vec(&body).ok()?;
+    Some((def_step.queue.clone(), bytes))
 }
 
 /// Tells the registry when the actor is dropped by a panic, so it restarts from the snapshot.
@@ -61,6 +106,10 @@ impl SagaActor {
             registry,
             initial,
             timer: None,
+            armed: None,
+            publishing: 0,
+            last_activity: Instant::now(),
+            passivating: false,
             _guard,
         }
     }
@@ -91,8 +140,14 @@ impl SagaActor {
                     if let Some(old) = self.timer.take() {
                         ctx.cancel_future(old);
                     }
+                    self.armed = Some(ArmedTimer {
+                        due: Instant::now() + Duration::from_millis(after_ms),
+                        command_id: command_id.clone(),
+                        attempt,
+                    });
                     let handle = ctx.run_later(Duration::from_millis(after_ms), move |act, ctx| {
                         act.timer = None;
+                        act.armed = None;
                         ctx.notify(ApplyEvent(Event::TimerFired {
                             command_id,
                             attempt,
@@ -115,23 +170,11 @@ impl SagaActor {
         retry: u32,
         ctx: &mut Context<Self>,
     ) {
-        let Some(def_step) = self.def.steps.get(step) else {
+        let Some((queue, bytes)) =
+            encode_command(&self.state, &self.def, step, action, &command_id, attempt)
+        else {
             return;
         };
-        let body = CommandBody {
-            command_id: &command_id,
-            saga_id: self.state.saga_id,
-            saga: &self.state.saga,
-            step: &def_step.name,
-            action: action.as_str(),
-            attempt,
-            payload: &self.state.payload,
-            results: &self.state.results,
-        };
-        let Ok(bytes) = serde_json::to_vec(&body) else {
-            return;
-        };
-        let queue = def_step.queue.clone();
         let broker = self.env.broker.clone();
         let kind = if attempt > 1 || retry > 0 {
             "resend"
@@ -144,12 +187,14 @@ impl SagaActor {
             .with_label_values(&[action.as_str(), kind])
             .inc();
         let cid = command_id.clone();
+        self.publishing += 1;
         let fut = async move {
             broker
                 .send_command(&queue, &cid, action.as_str(), &bytes)
                 .await
         };
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            act.publishing -= 1;
             if res.is_ok() {
                 act.env.metrics.commands_confirmed.inc();
             }
@@ -184,6 +229,24 @@ impl SagaActor {
                 }
             }
         }));
+    }
+
+    /// Stops the actor when it has waited long enough with nothing in flight; the registry
+    /// keeps its timer and reloads it from its snapshot on the next event.
+    fn passivate_if_idle(&mut self, after: Duration, ctx: &mut Context<Self>) {
+        if self.publishing > 0
+            || self.last_activity.elapsed() < after
+            || self.state.status.is_terminal()
+        {
+            return;
+        }
+        self.passivating = true;
+        self.registry.do_send(Passivated {
+            saga_id: self.state.saga_id,
+            addr: ctx.address(),
+            timer: self.armed.take(),
+        });
+        ctx.stop();
     }
 
     /// Publishes a lifecycle event; retried in the background for a while if the broker is down.
@@ -259,10 +322,16 @@ impl Actor for SagaActor {
         self.env.metrics.live_actors.inc();
         let effects = std::mem::take(&mut self.initial);
         self.perform(effects, ctx);
+        if let Some(after) = self.env.passivate_after {
+            ctx.run_interval(after, move |act, ctx| act.passivate_if_idle(after, ctx));
+        }
     }
 
     fn stopped(&mut self, ctx: &mut Self::Context) {
         self.env.metrics.live_actors.dec();
+        if self.passivating {
+            return;
+        }
         self.registry.do_send(RetireSaga {
             saga_id: self.state.saga_id,
             addr: ctx.address(),
@@ -274,6 +343,7 @@ impl Handler<ApplyEvent> for SagaActor {
     type Result = AtomicResponse<Self, Result<Applied, DeliverError>>;
 
     fn handle(&mut self, msg: ApplyEvent, _ctx: &mut Self::Context) -> Self::Result {
+        self.last_activity = Instant::now();
         let transition = match saga::apply(&self.state, &self.def, &msg.0) {
             Ok(t) => t,
             Err(e) => return AtomicResponse::new(Box::pin(fut::ready(Ok(Applied::Ignored(e))))),
@@ -325,6 +395,15 @@ impl Handler<ApplyEvent> for SagaActor {
                 }
             });
         AtomicResponse::new(Box::pin(fut))
+    }
+}
+
+impl Handler<ResumeSaga> for SagaActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: ResumeSaga, ctx: &mut Self::Context) {
+        let effects = saga::resume(&self.state, &self.def);
+        self.perform(effects, ctx);
     }
 }
 

@@ -150,6 +150,7 @@ pub fn settings(names: &Names) -> Settings {
         snapshot_batch: 64,
         http_workers: 1,
         shutdown_timeout_s: 1,
+        passivate_after_ms: 10_000,
     };
     args.settings().expect("valid test settings")
 }
@@ -179,7 +180,18 @@ pub async fn spawn_app(defs: Option<Vec<SagaDefinition>>) -> TestApp {
 
 /// Starts an app on existing names (a restart); waits until it is ready.
 pub async fn start_app(names: Names, cleanup: bool) -> TestApp {
-    let app = Application::build(settings(&names), false).expect("build app");
+    start_app_with(names, cleanup, |_| {}).await
+}
+
+/// Like [`start_app`], with settings adjusted by `tweak`.
+pub async fn start_app_with(
+    names: Names,
+    cleanup: bool,
+    tweak: impl FnOnce(&mut Settings),
+) -> TestApp {
+    let mut settings = settings(&names);
+    tweak(&mut settings);
+    let app = Application::build(settings, false).expect("build app");
     let address = format!("http://127.0.0.1:{}", app.port());
     let state = app.state();
     let server = app.server_handle();

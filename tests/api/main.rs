@@ -8,6 +8,7 @@ mod compensation;
 mod completion;
 mod http_api;
 mod operator;
+mod passivation;
 mod quarantine;
 mod replies;
 mod restart;
