@@ -124,6 +124,9 @@ if wants rehydrate; then
     fresh_stack classic 3 2
     before=$(rss_kib "$SVC_PID")
     bench idle 3 --sagas "$IDLE" --concurrency 500 --workload hold
+    # Idle actors passivate after SAGA_PASSIVATE_AFTER_MS (10 s): wait until none is live.
+    deadline=$((SECONDS + 120))
+    until [ "$(metric saga_live_actors || echo 1)" = 0 ] || ((SECONDS > deadline)); do sleep 0.5; done
     after=$(rss_kib "$SVC_PID")
     echo "idle: $IDLE sagas in flight, orchestrator RSS ${before} KiB -> ${after} KiB, $(( (after - before) * 1024 / IDLE )) bytes per saga" | tee -a "$RESULTS"
     kill -9 "$SVC_PID"
@@ -147,7 +150,12 @@ psql "$ADMIN" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null
 echo "bench: medians (sagas/s, p50 ms, p99 ms, transitions/s) per label"
 awk '/^workload=/ && !/\[warmup\]/ {
     label=$1; for (i=1;i<=NF;i++) { split($i,a,"="); v[a[1]]=a[2] }
-    n[label]++; s[label,n[label]]=v["sagas_per_s"]; p50[label,n[label]]=v["p50_ms"]; p99[label,n[label]]=v["p99_ms"]; t[label,n[label]]=v["transitions_per_s"]
+    n[label]++; k=n[label]; s[label,k]=v["sagas_per_s"]; p50[label,k]=v["p50_ms"]; p99[label,k]=v["p99_ms"]; t[label,k]=v["transitions_per_s"]
 } END {
-    for (l in n) { m=int((n[l]+1)/2); printf "  %-45s %6s %8s %8s %7s\n", l, s[l,m], p50[l,m], p99[l,m], t[l,m] }
+    for (l in n) {
+        # the run with the median saga rate
+        best=1
+        for (i=1;i<=n[l];i++) { below=0; for (j=1;j<=n[l];j++) if (s[l,j]+0 < s[l,i]+0) below++; if (below == int((n[l]-1)/2)) best=i }
+        printf "  %-45s %6s %8s %8s %7s\n", l, s[l,best], p50[l,best], p99[l,best], t[l,best]
+    }
 }' "$RESULTS"

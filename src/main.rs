@@ -1,6 +1,11 @@
 //! `saga-service`: thin entry point; see `saga_service::startup`.
 
 use clap::Parser;
+
+/// mimalloc keeps small long-lived allocations (the registry's slots and timers) apart
+/// from the memory of stopped actors, so passivation hands memory back to the OS.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use saga_service::config::{Cli, Command, ConfigError};
 use saga_service::startup::Application;
 
