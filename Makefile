@@ -80,7 +80,7 @@ bench: services build
 	bash scripts/bench.sh
 
 chaos: services toolchain
-	$(CARGO) test --release --test chaos -- --ignored --test-threads=1
+	$(CARGO) test --release --test chaos -- --ignored --test-threads=1 --nocapture
 
 image:
 	docker build -f docker/Dockerfile -t $(IMAGE) .

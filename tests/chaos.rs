@@ -324,6 +324,7 @@ async fn crash_loop(sagas: usize, kills: usize) {
         .collect();
     let mut child = ChildApp::start(&run.names, &run.http).await;
     let began = Instant::now();
+    let mut recoveries: Vec<f64> = Vec::new();
     for (i, id) in ids.iter().enumerate() {
         let fail = fails.get(id).map(|k| format!("s{k}"));
         assert!(
@@ -332,7 +333,9 @@ async fn crash_loop(sagas: usize, kills: usize) {
         );
         if kill_at.contains(&i) {
             child.kill();
+            let t = Instant::now();
             child = ChildApp::start(&run.names, &run.http).await;
+            recoveries.push(t.elapsed().as_secs_f64());
         }
     }
     assert!(
@@ -340,9 +343,10 @@ async fn crash_loop(sagas: usize, kills: usize) {
         "every saga finished"
     );
     println!(
-        "crash loop: {sagas} sagas, {} kills, finished in {:.1} s",
+        "crash loop: {sagas} sagas, {} kills, all finished {:.1} s after the first start; restart to ready at most {:.2} s",
         kill_at.len(),
-        began.elapsed().as_secs_f64()
+        began.elapsed().as_secs_f64(),
+        recoveries.iter().cloned().fold(0.0, f64::max)
     );
     run.check_effects(&fails).await;
 }
