@@ -1,6 +1,6 @@
 //! What the HTTP layer shares with the rest of the service.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use actix::Addr;
@@ -27,8 +27,24 @@ pub struct AppState {
     pub core: OnceLock<Core>,
     /// Unfinished sagas are rehydrated and replies are consumed.
     pub rehydrated: AtomicBool,
+    /// Shutdown state, shared with the reply consumer.
+    pub drain: Arc<Drain>,
+}
+
+/// Graceful shutdown: stop taking new work, let work in progress finish.
+#[derive(Default)]
+pub struct Drain {
     /// Refuse new work: the service is shutting down.
     pub draining: AtomicBool,
+    /// Replies taken from the broker and not yet settled.
+    pub in_flight: AtomicUsize,
+}
+
+impl Drain {
+    /// Whether the service is shutting down.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
 }
 
 impl AppState {
@@ -39,7 +55,7 @@ impl AppState {
             metrics,
             core: OnceLock::new(),
             rehydrated: AtomicBool::new(false),
-            draining: AtomicBool::new(false),
+            drain: Arc::new(Drain::default()),
         }
     }
 

@@ -24,12 +24,14 @@ pub struct Application {
     port: u16,
     server: Server,
     state: web::Data<AppState>,
+    grace: Duration,
 }
 
 impl Application {
     /// Binds the HTTP listener and starts the background start-up; `handle_signals` is false in tests.
     pub fn build(settings: Settings, handle_signals: bool) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(settings.http_addr)?;
+        let settings_grace = settings.shutdown_timeout;
         let port = listener.local_addr()?.port();
         let pool = store::build_pool(settings.database.clone(), settings.db_pool_size);
         let state = web::Data::new(AppState::new(pool, Metrics::new()?));
@@ -51,6 +53,7 @@ impl Application {
             port,
             server,
             state,
+            grace: settings_grace,
         })
     }
 
@@ -73,8 +76,17 @@ impl Application {
     /// then closes the broker connection.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let state = self.state.clone();
+        let grace = self.grace;
         let result = self.server.await;
-        state.draining.store(true, Ordering::Release);
+        // HTTP has stopped taking requests; now stop taking replies and let the ones in
+        // progress commit and settle, within the grace period, before closing up.
+        state.drain.draining.store(true, Ordering::Release);
+        let deadline = std::time::Instant::now() + grace;
+        while state.drain.in_flight.load(Ordering::Acquire) > 0
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         if let Some(core) = state.core.get() {
             core.env.broker.close().await;
         }
@@ -132,6 +144,7 @@ async fn boot(settings: Settings, state: web::Data<AppState>) {
         catalog: Arc::new(catalog),
         metrics: state.metrics.clone(),
         passivate_after: settings.passivate_after,
+        drain: state.drain.clone(),
     });
     let registry = Registry::new(env.clone()).start();
     let _ = state.core.set(Core {
@@ -160,7 +173,7 @@ async fn boot(settings: Settings, state: web::Data<AppState>) {
             _ = broker.closed() => {}
             _ = &mut stopped => {}
         }
-        if state.draining.load(Ordering::Acquire) {
+        if state.drain.is_draining() {
             return;
         }
         log::warn!("RabbitMQ connection lost; reconnecting");

@@ -27,4 +27,6 @@ pub struct Env {
     pub metrics: Metrics,
     /// Idle time after which a saga actor is passivated (None: never).
     pub passivate_after: Option<std::time::Duration>,
+    /// Shutdown state: the consumer stops taking replies and counts those in progress.
+    pub drain: Arc<crate::app_state::Drain>,
 }

@@ -66,6 +66,16 @@ impl StreamHandler<ReplyDelivery> for ReplyConsumer {
     fn handle(&mut self, delivery: ReplyDelivery, _ctx: &mut Self::Context) {
         let env = self.env.clone();
         let registry = self.registry.clone();
+        if env.drain.is_draining() {
+            // Shutting down: hand it back untouched for the next instance.
+            actix::spawn(async move {
+                let _ = delivery.requeue().await;
+            });
+            return;
+        }
+        env.drain
+            .in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         // Each delivery is settled on its own task: many sagas advance at once, bounded by prefetch.
         actix::spawn(async move {
             let settle = match decode_reply(delivery.data(), delivery.correlation_id()) {
@@ -102,6 +112,9 @@ impl StreamHandler<ReplyDelivery> for ReplyConsumer {
                 }
             };
             settle_delivery(&env, delivery, settle).await;
+            env.drain
+                .in_flight
+                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         });
     }
 

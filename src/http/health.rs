@@ -49,7 +49,7 @@ pub async fn readiness(state: web::Data<AppState>) -> HttpResponse {
     if !state.is_rehydrated() {
         return not_ready("starting");
     }
-    if state.draining.load(std::sync::atomic::Ordering::Acquire) {
+    if state.drain.is_draining() {
         return not_ready("shutting down");
     }
     HttpResponse::Ok().json(json!({ "status": "ok" }))

@@ -29,7 +29,7 @@ async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {
 
 /// The parts that exist once start-up reached PostgreSQL, or 503.
 fn core(state: &crate::app_state::AppState) -> Result<&crate::app_state::Core, ApiError> {
-    if state.draining.load(std::sync::atomic::Ordering::Acquire) {
+    if state.drain.is_draining() {
         return Err(ApiError::Unavailable("shutting down".into()));
     }
     state

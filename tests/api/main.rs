@@ -7,6 +7,7 @@ mod hostile;
 mod compensation;
 mod completion;
 mod http_api;
+mod late;
 mod operator;
 mod passivation;
 mod quarantine;
