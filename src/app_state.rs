@@ -29,6 +29,8 @@ pub struct AppState {
     pub rehydrated: AtomicBool,
     /// Shutdown state, shared with the reply consumer.
     pub drain: Arc<Drain>,
+    /// When set, operator actions require `Authorization: Bearer <token>`.
+    pub admin_token: Option<String>,
 }
 
 /// Graceful shutdown: stop taking new work, let work in progress finish.
@@ -56,6 +58,7 @@ impl AppState {
             core: OnceLock::new(),
             rehydrated: AtomicBool::new(false),
             drain: Arc::new(Drain::default()),
+            admin_token: None,
         }
     }
 

@@ -104,6 +104,9 @@ pub struct ServeArgs {
     /// HTTP worker threads.
     #[arg(long, env = "SAGA_HTTP_WORKERS", default_value_t = 2)]
     pub http_workers: usize,
+    /// Token required (as `Authorization: Bearer <token>`) by abort, retry, skip and resume.
+    #[arg(long, env = "SAGA_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// Milliseconds a saga actor may wait idle before it is passivated (0: never).
     #[arg(long, env = "SAGA_PASSIVATE_AFTER_MS", default_value_t = 10_000)]
     pub passivate_after_ms: u64,
@@ -176,6 +179,8 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// Idle time before a saga actor is passivated.
     pub passivate_after: Option<Duration>,
+    /// Token for operator actions, if required.
+    pub admin_token: Option<String>,
 }
 
 /// Parses a PostgreSQL URL, naming it on failure.
@@ -231,6 +236,7 @@ impl ServeArgs {
             snapshot_batch: positive("SAGA_SNAPSHOT_BATCH", self.snapshot_batch)?,
             http_workers: positive("SAGA_HTTP_WORKERS", self.http_workers)?,
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_s),
+            admin_token: self.admin_token.clone().filter(|t| !t.is_empty()),
             passivate_after: (self.passivate_after_ms > 0)
                 .then(|| Duration::from_millis(self.passivate_after_ms)),
         })

@@ -34,7 +34,9 @@ impl Application {
         let settings_grace = settings.shutdown_timeout;
         let port = listener.local_addr()?.port();
         let pool = store::build_pool(settings.database.clone(), settings.db_pool_size);
-        let state = web::Data::new(AppState::new(pool, Metrics::new()?));
+        let mut app_state = AppState::new(pool, Metrics::new()?);
+        app_state.admin_token = settings.admin_token.clone();
+        let state = web::Data::new(app_state);
         let http_state = state.clone();
         let mut server = HttpServer::new(move || {
             App::new()

@@ -29,10 +29,11 @@ pub enum DeliverError {
     ActorGone,
 }
 
-/// Applies an event to one saga: the saga actor commits the transition, then acts on it.
+/// Applies an event to one saga (with an operator's note for the history row): the saga
+/// actor commits the transition, then acts on it.
 #[derive(Message)]
 #[rtype(result = "Result<Applied, DeliverError>")]
-pub struct ApplyEvent(pub Event);
+pub struct ApplyEvent(pub Event, pub Option<String>);
 
 /// Asks the registry to route an event to a saga, loading the saga if it is not in memory.
 #[derive(Message)]
@@ -42,6 +43,8 @@ pub struct DeliverEvent {
     pub saga_id: Uuid,
     /// The event.
     pub event: Event,
+    /// Who asked and why (operator actions), recorded in the history row.
+    pub note: Option<String>,
 }
 
 /// Asks the registry to spawn the actor of a saga whose start was just committed.

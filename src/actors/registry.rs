@@ -133,6 +133,7 @@ impl Registry {
                     command_id: w.command_id.into(),
                     attempt: w.attempt,
                 },
+                note: None,
             });
         }
     }
@@ -141,6 +142,7 @@ impl Registry {
         &mut self,
         saga_id: Uuid,
         event: Event,
+        note: Option<String>,
         how: Revive,
     ) -> ResponseActFuture<Self, Result<Applied, DeliverError>> {
         let pool = self.env.writer.pool().clone();
@@ -168,7 +170,7 @@ impl Registry {
                     let fut: ResponseActFuture<Self, Result<Applied, DeliverError>> = match route {
                         Ok(Some(addr)) => Box::pin(
                             async move {
-                                match addr.send(ApplyEvent(event)).await {
+                                match addr.send(ApplyEvent(event, note)).await {
                                     Ok(applied) => applied,
                                     Err(_) => Err(DeliverError::ActorGone),
                                 }
@@ -292,18 +294,24 @@ impl Handler<DeliverEvent> for Registry {
     type Result = ResponseActFuture<Self, Result<Applied, DeliverError>>;
 
     fn handle(&mut self, msg: DeliverEvent, _ctx: &mut Self::Context) -> Self::Result {
-        let DeliverEvent { saga_id, event } = msg;
+        let DeliverEvent {
+            saga_id,
+            event,
+            note,
+        } = msg;
         if let Some(addr) = self.live(&saga_id) {
             let fut = async move {
-                addr.send(ApplyEvent(event.clone()))
+                addr.send(ApplyEvent(event.clone(), note.clone()))
                     .await
-                    .map_err(|_| event)
+                    .map_err(|_| (event, note))
             };
             return Box::pin(fut.into_actor(self).then(move |res, act, _ctx| {
                 let fut: ResponseActFuture<Self, Result<Applied, DeliverError>> = match res {
                     Ok(applied) => Box::pin(fut::ready(applied)),
                     // The actor stopped (finished, passivated, reloading) before taking it: look again.
-                    Err(event) => act.load_and_apply(saga_id, event, Revive::Reactivate),
+                    Err((event, note)) => {
+                        act.load_and_apply(saga_id, event, note, Revive::Reactivate)
+                    }
                 };
                 fut
             }));
@@ -313,7 +321,7 @@ impl Handler<DeliverEvent> for Registry {
         } else {
             Revive::Resume
         };
-        self.load_and_apply(saga_id, event, how)
+        self.load_and_apply(saga_id, event, note, how)
     }
 }
 

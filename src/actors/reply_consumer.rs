@@ -88,7 +88,14 @@ impl StreamHandler<ReplyDelivery> for ReplyConsumer {
                         command_id: reply.command_id,
                         outcome: reply.outcome,
                     };
-                    match registry.send(DeliverEvent { saga_id, event }).await {
+                    match registry
+                        .send(DeliverEvent {
+                            saga_id,
+                            event,
+                            note: None,
+                        })
+                        .await
+                    {
                         Ok(Ok(Applied::Transitioned)) => Settle::Ack("accepted"),
                         Ok(Ok(Applied::Ignored(TransitionError::Stale(_))))
                         | Ok(Ok(Applied::Ignored(TransitionError::Finished(_)))) => {

@@ -148,10 +148,13 @@ impl SagaActor {
                     let handle = ctx.run_later(Duration::from_millis(after_ms), move |act, ctx| {
                         act.timer = None;
                         act.armed = None;
-                        ctx.notify(ApplyEvent(Event::TimerFired {
-                            command_id,
-                            attempt,
-                        }));
+                        ctx.notify(ApplyEvent(
+                            Event::TimerFired {
+                                command_id,
+                                attempt,
+                            },
+                            None,
+                        ));
                     });
                     self.timer = Some(handle);
                 }
@@ -344,10 +347,13 @@ impl Handler<ApplyEvent> for SagaActor {
 
     fn handle(&mut self, msg: ApplyEvent, _ctx: &mut Self::Context) -> Self::Result {
         self.last_activity = Instant::now();
-        let transition = match saga::apply(&self.state, &self.def, &msg.0) {
+        let mut transition = match saga::apply(&self.state, &self.def, &msg.0) {
             Ok(t) => t,
             Err(e) => return AtomicResponse::new(Box::pin(fut::ready(Ok(Applied::Ignored(e))))),
         };
+        if let Some(note) = msg.1 {
+            transition.record.detail = Some(note);
+        }
         let step = transition
             .state
             .current_step()

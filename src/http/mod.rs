@@ -1,5 +1,6 @@
 //! The only module that imports actix_web: routes of CONTRACT.md section 5.
 
+mod auth;
 mod body;
 pub mod errors;
 mod health;
@@ -17,6 +18,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/sagas/{id}", web::get().to(sagas::get))
         .route("/sagas/{id}/abort", web::post().to(sagas::abort))
         .route("/sagas/{id}/retry", web::post().to(sagas::retry))
+        .route("/sagas/{id}/skip", web::post().to(sagas::skip))
+        .route("/sagas/{id}/resume", web::post().to(sagas::resume))
         .route("/liveness", web::get().to(health::liveness))
         .route("/readiness", web::get().to(health::readiness))
         .route("/metrics", web::get().to(health::metrics))

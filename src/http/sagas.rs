@@ -4,11 +4,12 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::body::read_limited;
 use super::{core, ApiError};
 use crate::actors::messages::{Applied, DeliverError, DeliverEvent};
 use crate::app_state::AppState;
 use crate::domain::SagaId;
-use crate::saga::{Event, Status, TransitionError};
+use crate::saga::{Event, Status};
 use crate::store::{queries, Cursor, ListFilter};
 
 fn parse_id(raw: &str) -> Result<SagaId, ApiError> {
@@ -85,12 +86,51 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
     Ok(HttpResponse::Ok().json(json!({ "sagas": rows, "next": next.map(|c| c.encode()) })))
 }
 
-async fn operator(raw_id: &str, event: Event, state: &AppState) -> Result<HttpResponse, ApiError> {
+/// Who asks for an operator action and why: `{"by": "...", "reason": "..."}` (both optional).
+#[derive(Deserialize, Default)]
+struct OperatorNote {
+    by: Option<String>,
+    reason: Option<String>,
+}
+
+impl OperatorNote {
+    fn from_body(body: &[u8]) -> Result<Option<String>, ApiError> {
+        if body.iter().all(|b| b.is_ascii_whitespace()) {
+            return Ok(None);
+        }
+        let n: OperatorNote = serde_json::from_slice(body)
+            .map_err(|e| ApiError::BadRequest(format!("bad JSON: {e}")))?;
+        let clip = |s: String| {
+            s.chars()
+                .filter(|c| *c != '\0')
+                .take(500)
+                .collect::<String>()
+        };
+        Ok(match (n.by.map(clip), n.reason.map(clip)) {
+            (None, None) => None,
+            (Some(by), None) => Some(format!("by {by}")),
+            (None, Some(why)) => Some(why),
+            (Some(by), Some(why)) => Some(format!("by {by}: {why}")),
+        })
+    }
+}
+
+async fn operator(
+    req: &HttpRequest,
+    raw_id: &str,
+    event: Event,
+    body: &[u8],
+    state: &AppState,
+) -> Result<HttpResponse, ApiError> {
+    super::auth::require_admin(req, state)?;
     let id = parse_id(raw_id)?;
+    let note = OperatorNote::from_body(body)?;
     let core = core(state)?;
     let action = match event {
         Event::Abort => "abort",
         Event::Retry => "retry",
+        Event::Skip => "skip",
+        Event::Resume => "resume",
         _ => "action",
     };
     let answer = core
@@ -98,6 +138,7 @@ async fn operator(raw_id: &str, event: Event, state: &AppState) -> Result<HttpRe
         .send(DeliverEvent {
             saga_id: id.0,
             event,
+            note,
         })
         .await
         .map_err(|e| ApiError::Internal(format!("registry unreachable: {e}")))?;
@@ -105,9 +146,6 @@ async fn operator(raw_id: &str, event: Event, state: &AppState) -> Result<HttpRe
         Ok(Applied::Transitioned) => Ok(HttpResponse::Accepted().json(json!({
             "saga_id": id, "code": id.code(), "accepted": action
         }))),
-        Ok(Applied::Ignored(
-            e @ (TransitionError::Finished(_) | TransitionError::NotAllowed(_)),
-        )) => Err(ApiError::Conflict(e.to_string())),
         Ok(Applied::Ignored(e)) => Err(ApiError::Conflict(e.to_string())),
         Err(DeliverError::UnknownSaga(_)) => Err(ApiError::NotFound(format!("no saga {id}"))),
         Err(DeliverError::Store(e)) => Err(e.into()),
@@ -119,16 +157,44 @@ async fn operator(raw_id: &str, event: Event, state: &AppState) -> Result<HttpRe
 
 /// A running saga starts compensating.
 pub async fn abort(
+    req: HttpRequest,
     path: web::Path<String>,
+    body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    operator(&path, Event::Abort, &state).await
+    let body = read_limited(&req, body).await?;
+    operator(&req, &path, Event::Abort, &body, &state).await
 }
 
 /// A failed saga re-sends its failed compensation.
 pub async fn retry(
+    req: HttpRequest,
     path: web::Path<String>,
+    body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    operator(&path, Event::Retry, &state).await
+    let body = read_limited(&req, body).await?;
+    operator(&req, &path, Event::Retry, &body, &state).await
+}
+
+/// The pending compensation is marked done without running it.
+pub async fn skip(
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_limited(&req, body).await?;
+    operator(&req, &path, Event::Skip, &body, &state).await
+}
+
+/// The pending command is re-sent now, its attempts reset.
+pub async fn resume(
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_limited(&req, body).await?;
+    operator(&req, &path, Event::Resume, &body, &state).await
 }

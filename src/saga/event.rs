@@ -41,6 +41,10 @@ pub enum Event {
     Abort,
     /// An operator asked a failed saga to re-send its failed compensation.
     Retry,
+    /// An operator marks the pending compensation done without running it.
+    Skip,
+    /// An operator re-sends the pending command now, with its attempts reset.
+    Resume,
 }
 
 /// Something the actor must do once the transition is durable.

@@ -1071,7 +1071,9 @@ fn random_event(rng: &mut Rng, s: &SagaState, d: &SagaDefinition, last: &Event) 
             done(&id_of(d, step, action), json!({}))
         }
         80..=84 => Event::Abort,
-        85..=92 => Event::Retry,
+        85..=90 => Event::Retry,
+        91..=93 => Event::Skip,
+        94..=95 => Event::Resume,
         _ => last.clone(),
     }
 }
@@ -1098,7 +1100,8 @@ fn check_shape(s: &SagaState, d: &SagaDefinition) {
                 .iter()
                 .all(|r| r.status == St::NotStarted));
             assert_eq!(s.steps[p.step].status, St::Executing);
-            assert_eq!(s.steps[p.step].attempts, p.attempt);
+            // The record counts every send; the pending attempt restarts at 1 on an operator's resume.
+            assert!(s.steps[p.step].attempts >= p.attempt);
         }
         Status::Compensating | Status::Failed => {
             let Some(p) = p else {
@@ -1248,6 +1251,8 @@ fn must_accept(s: &SagaState, e: &Event) -> bool {
         } => *command_id == p.command_id && *attempt == p.attempt && p.phase != Phase::Parked,
         Event::Abort => s.status == Status::Running,
         Event::Retry => s.status == Status::Failed,
+        Event::Skip => p.action == Compensate,
+        Event::Resume => matches!(s.status, Status::Running | Status::Compensating),
     }
 }
 
@@ -1271,6 +1276,8 @@ fn must_refuse(s: &SagaState, e: &Event) -> bool {
         } => *command_id != p.command_id || *attempt != p.attempt || p.phase == Phase::Parked,
         Event::Abort => s.status != Status::Running,
         Event::Retry => s.status != Status::Failed,
+        Event::Skip => p.action != Compensate,
+        Event::Resume => !matches!(s.status, Status::Running | Status::Compensating),
     }
 }
 
@@ -1342,4 +1349,62 @@ fn random_event_sequences_keep_the_invariants() {
     ] {
         assert!(seen.contains(event), "never reached {event}");
     }
+}
+
+#[test]
+fn skip_of_a_failed_compensation_marks_it_done_and_moves_to_the_next_one() {
+    let (d, f) = failed_abc();
+    let p = f
+        .pending
+        .clone()
+        .expect("failed saga keeps its pending compensate");
+    let t = ok(&f, &d, &Event::Skip);
+    assert_eq!(t.state.steps[p.step].status, St::Compensated);
+    assert_eq!(t.record.event, "compensation_skipped");
+    match t.state.pending.as_ref() {
+        Some(next) => {
+            assert!(
+                next.step < p.step,
+                "the next compensation is an earlier step"
+            );
+            assert_eq!(t.state.status, Status::Compensating);
+            assert_eq!(t.effects, sends(&d, next.step, Compensate, 1));
+        }
+        None => {
+            assert_eq!(t.state.status, Status::Compensated);
+            assert_eq!(t.effects, [Effect::Announce(Status::Compensated)]);
+        }
+    }
+}
+
+#[test]
+fn skip_is_refused_when_no_compensation_is_pending() {
+    let d = abc();
+    let e = refused(&running_at(&d, 1), &d, &Event::Skip);
+    assert!(matches!(e, TransitionError::NotAllowed(_)), "{e:?}");
+    assert!(matches!(
+        refused(&completed(&d), &d, &Event::Skip),
+        TransitionError::Finished(_)
+    ));
+}
+
+#[test]
+fn resume_resends_the_pending_command_now_with_attempt_one() {
+    let d = abc();
+    let s = running_at(&d, 1);
+    let s = ok(&s, &d, &timer(&exec_id(&d, 1), 1)).state; // attempt 2 in flight
+    let t = ok(&s, &d, &Event::Resume);
+    assert_eq!(t.state.pending, waits(&d, 1, Execute, 1));
+    assert_eq!(t.effects, sends(&d, 1, Execute, 1));
+    assert_eq!(t.record.event, "resumed");
+    assert_eq!(t.state.version, s.version + 1);
+}
+
+#[test]
+fn resume_is_refused_for_a_failed_saga() {
+    let (d, f) = failed_abc();
+    assert!(matches!(
+        refused(&f, &d, &Event::Resume),
+        TransitionError::NotAllowed(_)
+    ));
 }

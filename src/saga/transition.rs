@@ -15,6 +15,8 @@
 //! compensating  --error|timer(max)--> failed        [announce]
 //! failed        --retry-->            compensating  [re-send the failed compensate (attempt 1), arm]
 //! failed        --done-->             compensating/compensated (a late done still counts)
+//! compensating|failed --skip-->      next compensate | compensated (the pending one is marked done unrun)
+//! running|compensating --resume-->  re-send the pending command now, attempts reset to 1
 //! completed, compensated: absorb everything (Finished)
 //! ```
 //! Time comes in as `TimerFired` events; nothing here reads a clock or does I/O.
@@ -177,6 +179,8 @@ pub fn apply(
         }
         Event::Abort => on_abort(&mut next, def, &mut effects)?,
         Event::Retry => on_retry(&mut next, def, &mut effects)?,
+        Event::Skip => on_skip(&mut next, def, &mut effects)?,
+        Event::Resume => on_resume(&mut next, def, &mut effects)?,
     };
     Ok(Transition {
         state: next,
@@ -469,4 +473,43 @@ fn on_retry(
     next.status = Status::Compensating;
     send(next, def, p.step, StepAction::Compensate, 1, effects);
     Ok(record("retried", Some(&def.steps[p.step].name), None))
+}
+
+fn on_skip(
+    next: &mut SagaState,
+    def: &SagaDefinition,
+    effects: &mut Vec<Effect>,
+) -> Result<Record, TransitionError> {
+    let pending = next.pending.clone();
+    let Some(p) = pending.filter(|p| p.action == StepAction::Compensate) else {
+        return Err(TransitionError::NotAllowed(format!(
+            "only a pending compensation can be skipped; this saga is {}",
+            next.status.as_str()
+        )));
+    };
+    next.steps[p.step].status = StepStatus::Compensated;
+    next.status = Status::Compensating;
+    compensate_next(next, def, effects);
+    Ok(record(
+        "compensation_skipped",
+        Some(&def.steps[p.step].name),
+        None,
+    ))
+}
+
+fn on_resume(
+    next: &mut SagaState,
+    def: &SagaDefinition,
+    effects: &mut Vec<Effect>,
+) -> Result<Record, TransitionError> {
+    let pending = next.pending.clone();
+    let Some(p) = pending.filter(|_| matches!(next.status, Status::Running | Status::Compensating))
+    else {
+        return Err(TransitionError::NotAllowed(format!(
+            "only a running or compensating saga can be resumed (a failed one is retried); this one is {}",
+            next.status.as_str()
+        )));
+    };
+    send(next, def, p.step, p.action, 1, effects);
+    Ok(record("resumed", Some(&def.steps[p.step].name), None))
 }

@@ -151,6 +151,7 @@ pub fn settings(names: &Names) -> Settings {
         http_workers: 1,
         shutdown_timeout_s: 1,
         passivate_after_ms: 10_000,
+        admin_token: None,
     };
     args.settings().expect("valid test settings")
 }
