@@ -5,6 +5,7 @@ pub mod broker;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod logging;
 pub mod metrics;
 pub mod saga;
 pub mod startup;

@@ -36,10 +36,7 @@ fn exit_on_clap_error(e: clap::Error) -> ! {
 
 #[actix_web::main]
 async fn main() {
-    env_logger::Builder::from_env(
-        env_logger::Env::default().default_filter_or("info,tokio_postgres=warn,tracing=warn"),
-    )
-    .init();
+    saga_service::logging::init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => exit_on_clap_error(e),

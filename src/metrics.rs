@@ -1,8 +1,8 @@
 //! Prometheus metrics of the orchestrator.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric the service exports at `/metrics`.
@@ -25,6 +25,16 @@ pub struct Metrics {
     pub snapshot_seconds: Histogram,
     /// Live saga actors.
     pub live_actors: IntGauge,
+    /// Sagas aborted by an operator, by type.
+    pub sagas_aborted: IntCounterVec,
+    /// Command sent to its accepted reply, seconds, by saga type.
+    pub step_seconds: HistogramVec,
+    /// Start to completed/compensated/failed, seconds, by saga type.
+    pub saga_seconds: HistogramVec,
+    /// Publish to broker confirm, seconds.
+    pub confirm_seconds: Histogram,
+    /// Sagas per status in PostgreSQL (refreshed every 15 s).
+    pub sagas_by_status: IntGaugeVec,
 }
 
 impl Metrics {
@@ -75,6 +85,40 @@ impl Metrics {
         registry.register(Box::new(snapshot_seconds.clone()))?;
         let live_actors = IntGauge::new("saga_live_actors", "Saga actors in memory")?;
         registry.register(Box::new(live_actors.clone()))?;
+        let sagas_aborted = counter(
+            "saga_aborted_total",
+            "Sagas aborted by an operator",
+            &["saga"],
+        )?;
+        let buckets = vec![
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            60.0, 300.0,
+        ];
+        let step_seconds = HistogramVec::new(
+            HistogramOpts::new("saga_step_seconds", "Command sent to its accepted reply")
+                .buckets(buckets.clone()),
+            &["saga"],
+        )?;
+        registry.register(Box::new(step_seconds.clone()))?;
+        let saga_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "saga_duration_seconds",
+                "Start to completed, compensated or failed",
+            )
+            .buckets(buckets.clone()),
+            &["saga"],
+        )?;
+        registry.register(Box::new(saga_seconds.clone()))?;
+        let confirm_seconds = Histogram::with_opts(
+            HistogramOpts::new("saga_publish_confirm_seconds", "Publish to broker confirm")
+                .buckets(buckets),
+        )?;
+        registry.register(Box::new(confirm_seconds.clone()))?;
+        let sagas_by_status = IntGaugeVec::new(
+            Opts::new("saga_sagas", "Sagas per status in PostgreSQL"),
+            &["status"],
+        )?;
+        registry.register(Box::new(sagas_by_status.clone()))?;
         Ok(Metrics {
             registry,
             sagas_started,
@@ -85,6 +129,11 @@ impl Metrics {
             transitions,
             snapshot_seconds,
             live_actors,
+            sagas_aborted,
+            step_seconds,
+            saga_seconds,
+            confirm_seconds,
+            sagas_by_status,
         })
     }
 

@@ -153,6 +153,7 @@ async fn boot(settings: Settings, state: web::Data<AppState>) {
         registry: registry.clone(),
         env: env.clone(),
     });
+    actix::spawn(refresh_status_gauges(pool.clone(), state.metrics.clone()));
     let stream = retry("connecting to RabbitMQ", || {
         broker.connect(settings.prefetch)
     })
@@ -186,6 +187,25 @@ async fn boot(settings: Settings, state: web::Data<AppState>) {
         .await;
         log::info!("RabbitMQ connection re-established");
         stopped = start_consumer(&env, &registry, stream);
+    }
+}
+
+/// Keeps the `saga_sagas{status}` gauges up to date.
+async fn refresh_status_gauges(pool: deadpool_postgres::Pool, metrics: Metrics) {
+    loop {
+        if let Ok(counts) = queries::count_by_status(&pool).await {
+            for status in crate::saga::Status::ALL {
+                let n = counts
+                    .iter()
+                    .find(|(s, _)| s == status.as_str())
+                    .map_or(0, |(_, n)| *n);
+                metrics
+                    .sagas_by_status
+                    .with_label_values(&[status.as_str()])
+                    .set(n);
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(15)).await;
     }
 }
 

@@ -32,6 +32,8 @@ pub struct SagaActor {
     last_activity: Instant,
     /// Stopping to free memory, not because the saga finished.
     passivating: bool,
+    /// When the pending command was last published (for the step latency histogram).
+    sent_at: Option<Instant>,
     _guard: CrashGuard,
 }
 
@@ -110,6 +112,7 @@ impl SagaActor {
             publishing: 0,
             last_activity: Instant::now(),
             passivating: false,
+            sent_at: None,
             _guard,
         }
     }
@@ -191,15 +194,22 @@ impl SagaActor {
             .inc();
         let cid = command_id.clone();
         self.publishing += 1;
+        self.sent_at = Some(Instant::now());
         let fut = async move {
+            let started = Instant::now();
             broker
                 .send_command(&queue, &cid, action.as_str(), &bytes)
                 .await
+                .map(|()| started.elapsed())
         };
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
             act.publishing -= 1;
-            if res.is_ok() {
+            if let Ok(elapsed) = &res {
                 act.env.metrics.commands_confirmed.inc();
+                act.env
+                    .metrics
+                    .confirm_seconds
+                    .observe(elapsed.as_secs_f64());
             }
             if let Err(e) = res {
                 let still_pending = act
@@ -266,6 +276,14 @@ impl SagaActor {
             .sagas_finished
             .with_label_values(&[self.state.saga.as_str(), status.as_str()])
             .inc();
+        if let Some(started) = self.state.started_at_ms {
+            let secs = (chrono::Utc::now().timestamp_millis() - started).max(0) as f64 / 1000.0;
+            self.env
+                .metrics
+                .saga_seconds
+                .with_label_values(&[self.state.saga.as_str()])
+                .observe(secs);
+        }
         let Ok(body) = serde_json::to_vec(&event) else {
             return;
         };
@@ -347,7 +365,8 @@ impl Handler<ApplyEvent> for SagaActor {
 
     fn handle(&mut self, msg: ApplyEvent, _ctx: &mut Self::Context) -> Self::Result {
         self.last_activity = Instant::now();
-        let mut transition = match saga::apply(&self.state, &self.def, &msg.0) {
+        let event = msg.0;
+        let mut transition = match saga::apply(&self.state, &self.def, &event) {
             Ok(t) => t,
             Err(e) => return AtomicResponse::new(Box::pin(fut::ready(Ok(Applied::Ignored(e))))),
         };
@@ -382,6 +401,20 @@ impl Handler<ApplyEvent> for SagaActor {
                             t.state.status.as_str(),
                             t.state.version
                         );
+                        if t.record.event.starts_with("aborted") {
+                            act.env
+                                .metrics
+                                .sagas_aborted
+                                .with_label_values(&[t.state.saga.as_str()])
+                                .inc();
+                        }
+                        if let (Event::Reply { .. }, Some(sent)) = (&event, act.sent_at.take()) {
+                            act.env
+                                .metrics
+                                .step_seconds
+                                .with_label_values(&[t.state.saga.as_str()])
+                                .observe(sent.elapsed().as_secs_f64());
+                        }
                         act.state = t.state;
                         act.perform(t.effects, ctx);
                         if act.state.status.is_terminal() {

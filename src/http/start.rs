@@ -143,7 +143,8 @@ pub async fn start(
     if !core.env.broker.is_ready() {
         return Err(ApiError::Unavailable("broker not ready".into()));
     }
-    let transition = saga::start(&def, request.saga_id.0, request.payload);
+    let mut transition = saga::start(&def, request.saga_id.0, request.payload);
+    transition.state.started_at_ms = Some(chrono::Utc::now().timestamp_millis());
     let code = request.saga_id.code();
     match core
         .env

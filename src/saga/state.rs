@@ -161,6 +161,9 @@ pub struct SagaState {
     pub pending: Option<Pending>,
     /// Steps still to compensate after the pending one, in order (last step first).
     pub to_compensate: Vec<usize>,
+    /// When the saga started (milliseconds since the epoch), set by the I/O layer; for metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at_ms: Option<i64>,
 }
 
 impl SagaState {

@@ -277,3 +277,12 @@ pub async fn list(
     };
     Ok((rows, next))
 }
+
+/// How many sagas are in each status (an index-only scan of the status index).
+pub async fn count_by_status(pool: &Pool) -> Result<Vec<(String, i64)>, StoreError> {
+    let client = pool.get().await?;
+    let rows = client
+        .query("SELECT status, count(*) FROM sagas GROUP BY status", &[])
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}

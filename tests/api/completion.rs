@@ -48,3 +48,53 @@ async fn a_three_step_saga_completes_with_commands_in_order_carrying_the_contrac
     assert!(ev["at"].is_string());
     participants.close().await;
 }
+
+#[actix_web::test]
+async fn metrics_cover_step_latency_saga_duration_confirms_and_sagas_per_status() {
+    let app = spawn_app(None).await;
+    let _participants = Participants::start(&app.names, 3, always_done()).await;
+    let id = app.start_saga(json!({})).await;
+    assert!(
+        app.wait_status(id, "completed", Duration::from_secs(20))
+            .await
+    );
+    let saga = app.saga().to_string();
+    let text = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |key: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(-1.0)
+    };
+    assert_eq!(
+        value(&format!("saga_step_seconds_count{{saga=\"{saga}\"}}")),
+        3.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(&format!("saga_duration_seconds_count{{saga=\"{saga}\"}}")),
+        1.0
+    );
+    assert_eq!(
+        value(&format!("saga_started_total{{saga=\"{saga}\"}}")),
+        1.0
+    );
+    assert_eq!(
+        value(&format!(
+            "saga_finished_total{{saga=\"{saga}\",status=\"completed\"}}"
+        )),
+        1.0
+    );
+    assert_eq!(value("saga_publish_confirm_seconds_count"), 3.0);
+    assert!(
+        text.contains("saga_sagas{status=\"completed\"}"),
+        "status gauges are exported"
+    );
+}

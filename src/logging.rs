@@ -1,0 +1,65 @@
+//! Logging: env_logger, as text or (with `SAGA_LOG_FORMAT=json`) one JSON object per line.
+
+use std::io::Write;
+
+use serde_json::{json, Map, Value};
+
+/// Default filter when `RUST_LOG` is not set.
+const DEFAULT_FILTER: &str = "info,tokio_postgres=warn,tracing=warn";
+
+/// Installs the logger; `SAGA_LOG_FORMAT=json` selects JSON lines.
+pub fn init() {
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(DEFAULT_FILTER));
+    if std::env::var("SAGA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+        builder.format(|buf, record| {
+            let line = json_line(
+                &chrono::Utc::now().to_rfc3339(),
+                record.level().as_str(),
+                record.target(),
+                &record.args().to_string(),
+            );
+            writeln!(buf, "{line}")
+        });
+    }
+    builder.init();
+}
+
+/// One log line as JSON; a message that starts `saga=<id> step=<name>` gets those as fields.
+pub fn json_line(ts: &str, level: &str, target: &str, message: &str) -> Value {
+    let mut obj = Map::new();
+    obj.insert("ts".into(), json!(ts));
+    obj.insert("level".into(), json!(level));
+    obj.insert("target".into(), json!(target));
+    let mut rest = message;
+    for key in ["saga", "step"] {
+        if let Some(after) = rest.strip_prefix(&format!("{key}=")) {
+            let (value, tail) = after.split_once(' ').unwrap_or((after, ""));
+            if value != "-" {
+                obj.insert(key.into(), json!(value));
+            }
+            rest = tail;
+        }
+    }
+    obj.insert("msg".into(), json!(rest));
+    Value::Object(obj)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_line;
+    use serde_json::json;
+
+    #[test]
+    fn saga_and_step_prefixes_become_fields() {
+        let v = json_line("t", "WARN", "x", "saga=abc step=s1 publish failed");
+        assert_eq!(v["saga"], json!("abc"));
+        assert_eq!(v["step"], json!("s1"));
+        assert_eq!(v["msg"], json!("publish failed"));
+        let v = json_line("t", "INFO", "x", "ready");
+        assert_eq!(v["msg"], json!("ready"));
+        assert!(v.get("saga").is_none());
+        let v = json_line("t", "INFO", "x", "saga=abc step=- late");
+        assert!(v.get("step").is_none());
+    }
+}
