@@ -34,15 +34,28 @@ struct ListQuery {
     saga: Option<String>,
     limit: Option<String>,
     after: Option<String>,
+    created_after: Option<String>,
+    created_before: Option<String>,
+    stuck: Option<String>,
+    stuck_s: Option<String>,
 }
 
 /// Newest first, filtered by status and type, keyset-paginated by `after`.
 pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let q: ListQuery = serde_urlencoded::from_str(req.query_string())
         .map_err(|e| ApiError::BadRequest(format!("bad query: {e}")))?;
-    if [&q.status, &q.saga, &q.limit, &q.after]
-        .iter()
-        .any(|v| v.as_deref().is_some_and(|s| s.contains('\0')))
+    if [
+        &q.status,
+        &q.saga,
+        &q.limit,
+        &q.after,
+        &q.created_after,
+        &q.created_before,
+        &q.stuck,
+        &q.stuck_s,
+    ]
+    .iter()
+    .any(|v| v.as_deref().is_some_and(|s| s.contains('\0')))
     {
         return Err(ApiError::BadRequest("query holds a NUL character".into()));
     }
@@ -76,9 +89,40 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
         ),
         None => None,
     };
+    let time = |name: &str,
+                v: Option<String>|
+     -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+        match v.filter(|s| !s.is_empty()) {
+            None => Ok(None),
+            Some(s) => chrono::DateTime::parse_from_rfc3339(&s)
+                .map(|t| Some(t.with_timezone(&chrono::Utc)))
+                .map_err(|_| ApiError::BadRequest(format!("{name} must be an RFC 3339 time"))),
+        }
+    };
+    let created_after = time("created_after", q.created_after)?;
+    let created_before = time("created_before", q.created_before)?;
+    // Stuck: unfinished with no transition for `stuck_s` seconds, or (with `stuck=true`) for
+    // the longest a step may legitimately wait: its time-out times its attempts.
+    let stuck_for = match (q.stuck_s.filter(|s| !s.is_empty()), q.stuck.as_deref()) {
+        (Some(s), _) => Some(
+            s.parse::<u64>()
+                .ok()
+                .filter(|s| *s <= 10 * 365 * 24 * 3600)
+                .ok_or_else(|| {
+                    ApiError::BadRequest("stuck_s must be a whole number of seconds".into())
+                })?,
+        ),
+        (None, Some("true" | "1")) => Some(longest_wait_s(&state)),
+        (None, None | Some("" | "false" | "0")) => None,
+        (None, Some(_)) => return Err(ApiError::BadRequest("stuck must be true or false".into())),
+    };
+    let idle_since = stuck_for.map(|s| chrono::Utc::now() - chrono::Duration::seconds(s as i64));
     let filter = ListFilter {
         status,
         saga: q.saga.filter(|s| !s.is_empty()),
+        created_after,
+        created_before,
+        idle_since,
         limit,
         after,
     };
@@ -113,6 +157,22 @@ impl OperatorNote {
             (Some(by), Some(why)) => Some(format!("by {by}: {why}")),
         })
     }
+}
+
+/// The longest any step of the definitions in force may wait: its time-out times its attempts.
+fn longest_wait_s(state: &AppState) -> u64 {
+    let Some(core) = state.core.get() else {
+        return 90;
+    };
+    core.env
+        .catalog
+        .current
+        .values()
+        .flat_map(|d| d.steps.iter())
+        .map(|s| s.timeout_ms.saturating_mul(u64::from(s.max_attempts)) / 1000)
+        .max()
+        .unwrap_or(90)
+        .max(1)
 }
 
 async fn operator(

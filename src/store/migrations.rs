@@ -12,6 +12,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0002_quarantine.sql",
         include_str!("../../sql/0002_quarantine.sql"),
     ),
+    (
+        3,
+        "0003_stuck_index.sql",
+        include_str!("../../sql/0003_stuck_index.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serialises concurrent migrators.

@@ -236,6 +236,12 @@ pub struct ListFilter {
     pub status: Option<String>,
     /// Only this type.
     pub saga: Option<String>,
+    /// Only sagas created after this time.
+    pub created_after: Option<DateTime<Utc>>,
+    /// Only sagas created before this time.
+    pub created_before: Option<DateTime<Utc>>,
+    /// Only unfinished sagas with no transition since this time ("stuck").
+    pub idle_since: Option<DateTime<Utc>>,
     /// At most this many rows.
     pub limit: i64,
     /// Rows after this position.
@@ -243,29 +249,62 @@ pub struct ListFilter {
 }
 
 /// Newest first, filtered, one page; the cursor of the next page if there may be one.
+///
+/// Only the predicates a request uses are in the statement (each a fixed fragment with
+/// a parameter), so PostgreSQL plans each shape on the `(status|saga, created_at, id)`
+/// indexes of `sql/0001_init.sql`.
 pub async fn list(
     pool: &Pool,
     f: &ListFilter,
 ) -> Result<(Vec<SagaRow>, Option<Cursor>), StoreError> {
     let client = pool.get().await?;
-    let (after_ts, after_id) = match f.after {
-        Some(c) => (
-            DateTime::<Utc>::from_timestamp_micros(c.created_at_us),
-            Some(c.id),
-        ),
-        None => (None, None),
+    let mut clauses: Vec<String> = Vec::new();
+    let mut params: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> = Vec::new();
+    let mut add = |clause: &str, value: Box<dyn tokio_postgres::types::ToSql + Sync + Send>| {
+        params.push(value);
+        clauses.push(clause.replace('?', &format!("${}", params.len())));
+    };
+    if let Some(status) = &f.status {
+        add("status = ?", Box::new(status.clone()));
+    }
+    if let Some(saga) = &f.saga {
+        add("saga = ?", Box::new(saga.clone()));
+    }
+    if let Some(t) = f.created_after {
+        add("created_at > ?", Box::new(t));
+    }
+    if let Some(t) = f.created_before {
+        add("created_at < ?", Box::new(t));
+    }
+    if let Some(t) = f.idle_since {
+        add(
+            "updated_at < ? AND status IN ('running', 'compensating', 'failed')",
+            Box::new(t),
+        );
+    }
+    if let Some(c) = f.after {
+        if let Some(ts) = DateTime::<Utc>::from_timestamp_micros(c.created_at_us) {
+            add("(created_at, id) < (?, ", Box::new(ts));
+            let last = clauses.len() - 1;
+            params.push(Box::new(c.id));
+            clauses[last].push_str(&format!("${})", params.len()));
+        }
+    }
+    params.push(Box::new(f.limit));
+    let where_sql = if clauses.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", clauses.join(" AND "))
     };
     let sql = format!(
-        "SELECT {ROW_COLUMNS} FROM sagas
-          WHERE ($1::text IS NULL OR status = $1)
-            AND ($2::text IS NULL OR saga = $2)
-            AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4::uuid))
-          ORDER BY created_at DESC, id DESC
-          LIMIT $5"
+        "SELECT {ROW_COLUMNS} FROM sagas {where_sql} ORDER BY created_at DESC, id DESC LIMIT ${}",
+        params.len()
     );
-    let rows = client
-        .query(&sql, &[&f.status, &f.saga, &after_ts, &after_id, &f.limit])
-        .await?;
+    let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+        .iter()
+        .map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect();
+    let rows = client.query(&sql, &refs).await?;
     let rows: Vec<SagaRow> = rows.iter().map(saga_row).collect();
     let next = if rows.len() as i64 == f.limit {
         rows.last().map(|r| Cursor {

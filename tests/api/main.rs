@@ -8,6 +8,7 @@ mod compensation;
 mod completion;
 mod http_api;
 mod late;
+mod listing;
 mod operator;
 mod passivation;
 mod quarantine;
