@@ -235,7 +235,14 @@ impl ServeArgs {
             snapshot_writers: positive("SAGA_SNAPSHOT_WRITERS", self.snapshot_writers)?,
             snapshot_batch: positive("SAGA_SNAPSHOT_BATCH", self.snapshot_batch)?,
             http_workers: positive("SAGA_HTTP_WORKERS", self.http_workers)?,
-            shutdown_timeout: Duration::from_secs(self.shutdown_timeout_s),
+            shutdown_timeout: Duration::from_secs(if self.shutdown_timeout_s <= 3600 {
+                self.shutdown_timeout_s
+            } else {
+                return Err(ConfigError(format!(
+                    "invalid SAGA_SHUTDOWN_TIMEOUT_S `{}`: at most 3600",
+                    self.shutdown_timeout_s
+                )));
+            }),
             admin_token: self.admin_token.clone().filter(|t| !t.is_empty()),
             passivate_after: (self.passivate_after_ms > 0)
                 .then(|| Duration::from_millis(self.passivate_after_ms)),

@@ -40,6 +40,9 @@ struct Command {
 struct Memory {
     answered: HashMap<String, (bool, Option<String>)>,
     executed: HashSet<(String, String)>,
+    /// Steps compensated before their execute arrived (reordered delivery): a later
+    /// execute must not run, or its effect would never be undone.
+    fenced: HashSet<(String, String)>,
 }
 
 struct Stub {
@@ -77,7 +80,13 @@ impl Stub {
         let answer = if cmd.action == "compensate" {
             if mem.executed.remove(&key) {
                 self.record("compensate", cmd);
+            } else {
+                self.record("fence", cmd);
+                mem.fenced.insert(key);
             }
+            (true, None)
+        } else if mem.fenced.contains(&key) {
+            // Compensated already: acknowledge without running it.
             (true, None)
         } else if self.should_fail(cmd) {
             self.record("error", cmd);
@@ -133,6 +142,10 @@ fn open_effects(path: &PathBuf, memory: &mut Memory) -> anyhow::Result<std::fs::
                     }
                     "compensate" => {
                         memory.executed.remove(&key);
+                        memory.answered.insert(command_id.into(), (true, None));
+                    }
+                    "fence" => {
+                        memory.fenced.insert(key);
                         memory.answered.insert(command_id.into(), (true, None));
                     }
                     _ => {}

@@ -84,6 +84,21 @@ pub struct Passivated {
     pub timer: Option<crate::actors::saga_actor::ArmedTimer>,
 }
 
+/// Tells the registry a saga actor stopped after a failed commit: reload and resume it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RestartSaga {
+    /// The saga.
+    pub saga_id: Uuid,
+    /// The actor that stopped.
+    pub addr: Addr<crate::actors::SagaActor>,
+}
+
+/// Asks the registry to make sure an unfinished saga is driven (after an ambiguous start).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct EnsureLive(pub Uuid);
+
 /// Asks a live saga actor to re-send its pending command and re-arm its timer (after a crash).
 #[derive(Message)]
 #[rtype(result = "()")]

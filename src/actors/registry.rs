@@ -14,8 +14,8 @@ use futures_util::StreamExt;
 use uuid::Uuid;
 
 use super::messages::{
-    Applied, ApplyEvent, CountLive, Crash, CrashSaga, DeliverError, DeliverEvent, Passivated,
-    RehydrateSagas, ResumeSaga, RetireSaga, SagaCrashed, SpawnSaga,
+    Applied, ApplyEvent, CountLive, Crash, CrashSaga, DeliverError, DeliverEvent, EnsureLive,
+    Passivated, RehydrateSagas, RestartSaga, ResumeSaga, RetireSaga, SagaCrashed, SpawnSaga,
 };
 use super::saga_actor::encode_command;
 use super::{Env, SagaActor};
@@ -120,21 +120,34 @@ impl Registry {
         self.spawn(state, effects, ctx)
     }
 
-    /// Delivers the timers that are due.
+    /// Delivers the timers that are due; one that cannot be delivered (the database is
+    /// unreachable, say) is tried again a second later rather than lost.
     fn wake_due(&mut self, ctx: &mut Context<Self>) {
         let now = Instant::now();
         while self.wakes.peek().is_some_and(|Reverse(w)| w.due <= now) {
             let Some(Reverse(w)) = self.wakes.pop() else {
                 break;
             };
-            ctx.notify(DeliverEvent {
+            let deliver = ctx.address().send(DeliverEvent {
                 saga_id: w.saga_id,
                 event: Event::TimerFired {
-                    command_id: w.command_id.into(),
+                    command_id: w.command_id.to_string(),
                     attempt: w.attempt,
                 },
                 note: None,
             });
+            ctx.spawn(deliver.into_actor(self).map(move |res, act, _ctx| {
+                let failed = match res {
+                    Ok(Ok(_)) | Ok(Err(DeliverError::UnknownSaga(_))) => false,
+                    Ok(Err(_)) | Err(_) => true,
+                };
+                if failed {
+                    act.wakes.push(Reverse(Wake {
+                        due: Instant::now() + Duration::from_secs(1),
+                        ..w
+                    }));
+                }
+            }));
         }
     }
 
@@ -309,9 +322,9 @@ impl Handler<DeliverEvent> for Registry {
                 let fut: ResponseActFuture<Self, Result<Applied, DeliverError>> = match res {
                     Ok(applied) => Box::pin(fut::ready(applied)),
                     // The actor stopped (finished, passivated, reloading) before taking it: look again.
-                    Err((event, note)) => {
-                        act.load_and_apply(saga_id, event, note, Revive::Reactivate)
-                    }
+                    // Resume, not reactivate: it may have stopped after a failed commit, with
+                    // its command unsent and its timer gone. A re-send is harmless.
+                    Err((event, note)) => act.load_and_apply(saga_id, event, note, Revive::Resume),
                 };
                 fut
             }));
@@ -358,7 +371,7 @@ impl Handler<SagaCrashed> for Registry {
 
     fn handle(&mut self, msg: SagaCrashed, ctx: &mut Self::Context) {
         let saga_id = msg.saga_id;
-        log::error!("saga={saga_id} step=- actor panicked; restarting it from its snapshot");
+        log::warn!("saga={saga_id} step=- reloading it from its snapshot and resuming it");
         let pool = self.env.writer.pool().clone();
         let load = async move { queries::load(&pool, saga_id).await };
         ctx.spawn(
@@ -382,6 +395,29 @@ impl Handler<SagaCrashed> for Registry {
                     }
                 }),
         );
+    }
+}
+
+impl Handler<RestartSaga> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: RestartSaga, ctx: &mut Self::Context) {
+        if matches!(self.sagas.get(&msg.saga_id), Some(Slot::Live(a)) if *a == msg.addr) {
+            self.sagas.remove(&msg.saga_id);
+        }
+        ctx.notify(SagaCrashed {
+            saga_id: msg.saga_id,
+        });
+    }
+}
+
+impl Handler<EnsureLive> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: EnsureLive, ctx: &mut Self::Context) {
+        if !self.sagas.contains_key(&msg.0) {
+            ctx.notify(SagaCrashed { saga_id: msg.0 });
+        }
     }
 }
 

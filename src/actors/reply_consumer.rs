@@ -67,10 +67,9 @@ impl StreamHandler<ReplyDelivery> for ReplyConsumer {
         let env = self.env.clone();
         let registry = self.registry.clone();
         if env.drain.is_draining() {
-            // Shutting down: hand it back untouched for the next instance.
-            actix::spawn(async move {
-                let _ = delivery.requeue().await;
-            });
+            // Shutting down: leave it unacked. Requeueing it now would have the broker hand
+            // it straight back; closing the channel returns it to the queue for the next start.
+            drop(delivery);
             return;
         }
         env.drain

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use super::messages::{
-    Applied, ApplyEvent, Crash, DeliverError, Passivated, ResumeSaga, RetireSaga, SagaCrashed,
+    Applied, ApplyEvent, Crash, DeliverError, Passivated, RestartSaga, ResumeSaga, RetireSaga,
+    SagaCrashed,
 };
 use super::{Env, Registry};
 use crate::broker::wire::{CommandBody, LifecycleEvent};
@@ -230,7 +231,10 @@ impl SagaActor {
                 );
                 if still_pending {
                     let delay = Duration::from_millis((200u64 << retry.min(5)).min(5_000));
+                    // Counted as in flight so the actor does not passivate between retries.
+                    act.publishing += 1;
                     ctx.run_later(delay, move |act, ctx| {
+                        act.publishing -= 1;
                         let still =
                             act.state.pending.as_ref().is_some_and(|p| {
                                 p.command_id == command_id && p.attempt == attempt
@@ -311,6 +315,7 @@ impl SagaActor {
 /// Commits a snapshot, retrying with back-off while the database is unreachable.
 async fn save_durably(env: Arc<Env>, write: Arc<SnapshotWrite>) -> Result<(), StoreError> {
     let mut delay = Duration::from_millis(100);
+    let mut retried = false;
     loop {
         let started = Instant::now();
         let write_result = env.writer.save(write.clone()).await;
@@ -321,7 +326,16 @@ async fn save_durably(env: Arc<Env>, write: Arc<SnapshotWrite>) -> Result<(), St
                     .observe(started.elapsed().as_secs_f64());
                 return Ok(());
             }
+            // A commit whose answer was lost on a transient error may have happened: the
+            // retry then finds the row at our version already. That is success, not a conflict.
+            Err(StoreError::Conflict(id)) if retried => {
+                match crate::store::queries::load_version(env.writer.pool(), id).await {
+                    Ok(Some(v)) if v == write.version => return Ok(()),
+                    _ => return Err(StoreError::Conflict(id)),
+                }
+            }
             Err(e) if e.is_transient() => {
+                retried = true;
                 log::warn!(
                     "saga={} step={} snapshot v{} not committed ({e}); retrying in {delay:?}",
                     write.id,
@@ -427,7 +441,13 @@ impl Handler<ApplyEvent> for SagaActor {
                             "saga={} step=- transition not committed: {e}; reloading from snapshot",
                             act.state.saga_id
                         );
-                        // The snapshot moved under us (or is unreadable): let the registry reload it.
+                        // The snapshot moved under us (or the write is refused): the registry
+                        // reloads it from its snapshot and resumes it (re-send, re-arm).
+                        act.passivating = true;
+                        act.registry.do_send(RestartSaga {
+                            saga_id: act.state.saga_id,
+                            addr: ctx.address(),
+                        });
                         ctx.stop();
                         Err(e.into())
                     }

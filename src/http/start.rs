@@ -178,6 +178,11 @@ pub async fn start(
                     request.saga_id
                 )));
             }
+            // A repeat after an answer that was lost: make sure the saga is being driven.
+            if crate::saga::Status::parse(&existing.status).is_some_and(|s| !s.is_terminal()) {
+                core.registry
+                    .do_send(crate::actors::messages::EnsureLive(request.saga_id.0));
+            }
             Ok(HttpResponse::Ok().json(json!({
                 "saga_id": request.saga_id, "code": code, "status": existing.status
             })))

@@ -52,11 +52,16 @@ impl StoreError {
                 match e.code() {
                     Some(code) => {
                         let c = code.code();
+                        // connection (08), resources (53: disk full, too many connections),
+                        // operator intervention (57: shutdown, statement time-out),
+                        // read-only transaction (25006: a demoted primary), and
+                        // serialization or deadlock (40001, 40P01).
                         c.starts_with("08")
-                            || c.starts_with("57P")
+                            || c.starts_with("53")
+                            || c.starts_with("57")
+                            || c == "25006"
                             || c == "40001"
                             || c == "40P01"
-                            || c == "53300"
                     }
                     // No SQLSTATE: an I/O or protocol error on the way.
                     None => true,
