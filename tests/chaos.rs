@@ -362,7 +362,37 @@ async fn crash_loop_full_2000_sagas_5_kills() {
     crash_loop(2000, 5).await;
 }
 
-async fn broker_outage(sagas: usize, outage: Duration) {
+/// A service taken down for a while mid-run.
+struct Outage {
+    /// Who is down, for the report.
+    what: &'static str,
+    stop: fn(),
+    start: fn(),
+    /// What `/readiness` says meanwhile.
+    not_ready: &'static str,
+}
+
+const BROKER: Outage = Outage {
+    what: "the broker",
+    stop: stop_rabbitmq,
+    start: start_rabbitmq,
+    not_ready: "broker not ready",
+};
+const DATABASE: Outage = Outage {
+    what: "PostgreSQL",
+    stop: stop_postgres,
+    start: start_postgres,
+    not_ready: "db not ready",
+};
+
+async fn readiness_says(run: &Run, base: &str, status: u16, text: &str) -> bool {
+    match run.http.get(format!("{base}/readiness")).send().await {
+        Ok(r) => r.status() == status && r.text().await.unwrap_or_default().contains(text),
+        Err(_) => false,
+    }
+}
+
+async fn outage(kind: Outage, sagas: usize, outage: Duration) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let _guard = ServicesGuard;
     let run = Run::new(20).await;
@@ -371,28 +401,15 @@ async fn broker_outage(sagas: usize, outage: Duration) {
     for id in &ids {
         assert!(run.start(&child.address, *id, None).await);
     }
-    stop_rabbitmq();
-    let not_ready = wait_until(Duration::from_secs(10), || async {
-        match run
-            .http
-            .get(format!("{}/readiness", child.address))
-            .send()
-            .await
-        {
-            Ok(r) => {
-                r.status() == 500
-                    && r.text()
-                        .await
-                        .unwrap_or_default()
-                        .contains("broker not ready")
-            }
-            Err(_) => false,
-        }
+    (kind.stop)();
+    let not_ready = wait_until(Duration::from_secs(10), || {
+        readiness_says(&run, &child.address, 500, kind.not_ready)
     })
     .await;
     assert!(
         not_ready,
-        "readiness is 500 broker not ready during the outage"
+        "readiness is 500 {} during the outage",
+        kind.not_ready
     );
     let r = run
         .http
@@ -404,18 +421,19 @@ async fn broker_outage(sagas: usize, outage: Duration) {
     assert_eq!(r.status(), 503, "POST /start during the outage");
     tokio::time::sleep(outage).await; // the outage itself, not a synchronisation
     let recovered_at = Instant::now();
-    start_rabbitmq();
-    let ready = wait_until(Duration::from_secs(30), || async {
-        matches!(run.http.get(format!("{}/readiness", child.address)).send().await, Ok(r) if r.status() == 200)
+    (kind.start)();
+    let ready = wait_until(Duration::from_secs(30), || {
+        readiness_says(&run, &child.address, 200, "ok")
     })
     .await;
-    assert!(ready, "ready again after the broker came back");
+    assert!(ready, "ready again after {} came back", kind.what);
     assert!(
         run.wait_finished(sagas, Duration::from_secs(120)).await,
         "every saga finished"
     );
     println!(
-        "broker outage: {sagas} sagas finished {:.1} s after the broker came back",
+        "{} outage: {sagas} sagas finished {:.1} s after it came back",
+        kind.what,
         recovered_at.elapsed().as_secs_f64()
     );
     run.check_effects(&BTreeMap::new()).await;
@@ -423,71 +441,24 @@ async fn broker_outage(sagas: usize, outage: Duration) {
 
 #[actix_web::test]
 async fn broker_outage_small_reconnects_and_loses_nothing() {
-    broker_outage(100, Duration::from_secs(3)).await;
+    outage(BROKER, 100, Duration::from_secs(3)).await;
 }
 
 #[actix_web::test]
 #[ignore = "full size: make chaos"]
 async fn broker_outage_full_10_s() {
-    broker_outage(1000, Duration::from_secs(10)).await;
-}
-
-async fn database_outage(sagas: usize, outage: Duration) {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let _guard = ServicesGuard;
-    let run = Run::new(20).await;
-    let child = ChildApp::start(&run.names, &run.http).await;
-    let ids: Vec<Uuid> = (0..sagas).map(|_| Uuid::new_v4()).collect();
-    for id in &ids {
-        assert!(run.start(&child.address, *id, None).await);
-    }
-    stop_postgres();
-    let not_ready = wait_until(Duration::from_secs(10), || async {
-        match run
-            .http
-            .get(format!("{}/readiness", child.address))
-            .send()
-            .await
-        {
-            Ok(r) => {
-                r.status() == 500 && r.text().await.unwrap_or_default().contains("db not ready")
-            }
-            Err(_) => false,
-        }
-    })
-    .await;
-    assert!(not_ready, "readiness is 500 db not ready during the outage");
-    let r = run
-        .http
-        .post(format!("{}/start", child.address))
-        .json(&json!({"saga_id": Uuid::new_v4(), "saga": run.names.saga}))
-        .send()
-        .await
-        .expect("start");
-    assert_eq!(r.status(), 503, "POST /start during the outage");
-    tokio::time::sleep(outage).await; // the outage itself, not a synchronisation
-    let recovered_at = Instant::now();
-    start_postgres();
-    assert!(
-        run.wait_finished(sagas, Duration::from_secs(120)).await,
-        "every saga finished"
-    );
-    println!(
-        "database outage: {sagas} sagas finished {:.1} s after PostgreSQL came back",
-        recovered_at.elapsed().as_secs_f64()
-    );
-    run.check_effects(&BTreeMap::new()).await;
+    outage(BROKER, 1000, Duration::from_secs(10)).await;
 }
 
 #[actix_web::test]
 async fn database_outage_small_commits_before_acting_and_loses_nothing() {
-    database_outage(100, Duration::from_secs(3)).await;
+    outage(DATABASE, 100, Duration::from_secs(3)).await;
 }
 
 #[actix_web::test]
 #[ignore = "full size: make chaos"]
 async fn database_outage_full_10_s() {
-    database_outage(1000, Duration::from_secs(10)).await;
+    outage(DATABASE, 1000, Duration::from_secs(10)).await;
 }
 
 #[actix_web::test]

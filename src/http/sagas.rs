@@ -215,46 +215,23 @@ async fn operator(
     }
 }
 
-/// A running saga starts compensating.
-pub async fn abort(
+/// `POST /sagas/{id}/{action}`: abort (a running saga compensates), retry (a failed saga
+/// re-sends its failed compensation), skip (the pending compensation is marked done without
+/// running it), resume (the pending command is re-sent now, its attempts reset).
+pub async fn act(
     req: HttpRequest,
-    path: web::Path<String>,
+    path: web::Path<(String, String)>,
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let (id, action) = path.into_inner();
+    let event = match action.as_str() {
+        "abort" => Event::Abort,
+        "retry" => Event::Retry,
+        "skip" => Event::Skip,
+        "resume" => Event::Resume,
+        _ => return Err(ApiError::NotFound("no such route".into())),
+    };
     let body = read_limited(&req, body).await?;
-    operator(&req, &path, Event::Abort, &body, &state).await
-}
-
-/// A failed saga re-sends its failed compensation.
-pub async fn retry(
-    req: HttpRequest,
-    path: web::Path<String>,
-    body: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    let body = read_limited(&req, body).await?;
-    operator(&req, &path, Event::Retry, &body, &state).await
-}
-
-/// The pending compensation is marked done without running it.
-pub async fn skip(
-    req: HttpRequest,
-    path: web::Path<String>,
-    body: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    let body = read_limited(&req, body).await?;
-    operator(&req, &path, Event::Skip, &body, &state).await
-}
-
-/// The pending command is re-sent now, its attempts reset.
-pub async fn resume(
-    req: HttpRequest,
-    path: web::Path<String>,
-    body: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    let body = read_limited(&req, body).await?;
-    operator(&req, &path, Event::Resume, &body, &state).await
+    operator(&req, &id, event, &body, &state).await
 }
