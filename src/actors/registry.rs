@@ -370,16 +370,24 @@ impl Handler<SagaCrashed> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: SagaCrashed, ctx: &mut Self::Context) {
-        let saga_id = msg.saga_id;
-        log::warn!("saga={saga_id} step=- reloading it from its snapshot and resuming it");
+        self.reload(msg.saga_id, true, ctx);
+    }
+}
+
+impl Registry {
+    /// Loads a saga from its snapshot and resumes it (re-send, re-arm) unless it is finished.
+    /// When an actor is live by then, it is told to resume too only if `resume_live`: after a
+    /// crash it was revived without re-sending; after a repeated start it was just spawned.
+    fn reload(&mut self, saga_id: Uuid, resume_live: bool, ctx: &mut Context<Self>) {
+        log::warn!("saga={saga_id} step=- reloading it from its snapshot");
         let pool = self.env.writer.pool().clone();
         let load = async move { queries::load(&pool, saga_id).await };
         ctx.spawn(
             load.into_actor(self)
                 .map(move |loaded, act, ctx| match loaded {
                     Ok(Some(state)) if !state.status.is_terminal() => match act.live(&saga_id) {
-                        // Already reloaded by an event meanwhile: make it re-send and re-arm.
-                        Some(addr) => addr.do_send(ResumeSaga),
+                        Some(addr) if resume_live => addr.do_send(ResumeSaga),
+                        Some(_) => {}
                         None => {
                             act.revive(state, Revive::Resume, ctx);
                         }
@@ -388,10 +396,10 @@ impl Handler<SagaCrashed> for Registry {
                         act.sagas.remove(&saga_id);
                     }
                     Err(e) => {
-                        log::error!(
-                            "saga={saga_id} step=- restart after panic failed: {e}; trying again"
-                        );
-                        ctx.notify_later(SagaCrashed { saga_id }, Duration::from_secs(1));
+                        log::error!("saga={saga_id} step=- reload failed: {e}; trying again");
+                        ctx.run_later(Duration::from_secs(1), move |act, ctx| {
+                            act.reload(saga_id, resume_live, ctx)
+                        });
                     }
                 }),
         );
@@ -416,7 +424,7 @@ impl Handler<EnsureLive> for Registry {
 
     fn handle(&mut self, msg: EnsureLive, ctx: &mut Self::Context) {
         if !self.sagas.contains_key(&msg.0) {
-            ctx.notify(SagaCrashed { saga_id: msg.0 });
+            self.reload(msg.0, false, ctx);
         }
     }
 }
