@@ -196,22 +196,33 @@ impl SagaActor {
         let cid = command_id.clone();
         self.publishing += 1;
         self.sent_at = Some(Instant::now());
+        let metrics = self.env.metrics.clone();
         let fut = async move {
             let started = Instant::now();
-            broker
+            let sent = broker
                 .send_command(&queue, &cid, action.as_str(), &bytes)
+                .await;
+            if sent.is_ok() {
+                metrics.commands_confirmed.inc();
+                metrics
+                    .confirm_seconds
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            sent
+        };
+        // The publish runs on its own task so that an actor stopping (its saga finished by
+        // the reply to this very command) does not cut the confirm short.
+        let (done, confirmed) = tokio::sync::oneshot::channel();
+        actix::spawn(async move {
+            let _ = done.send(fut.await);
+        });
+        let fut = async move {
+            confirmed
                 .await
-                .map(|()| started.elapsed())
+                .unwrap_or(Err(crate::broker::BrokerError::NotConnected))
         };
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
             act.publishing -= 1;
-            if let Ok(elapsed) = &res {
-                act.env.metrics.commands_confirmed.inc();
-                act.env
-                    .metrics
-                    .confirm_seconds
-                    .observe(elapsed.as_secs_f64());
-            }
             if let Err(e) = res {
                 let still_pending = act
                     .state
