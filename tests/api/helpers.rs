@@ -269,6 +269,26 @@ impl TestApp {
         wait_until(within, || async { self.status(id).await == status }).await
     }
 
+    /// The value of one sample of `/metrics` (`name{labels}` exactly as exported), if present.
+    pub async fn metric(&self, sample: &str) -> Option<f64> {
+        let text = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines().find_map(|l| {
+            l.strip_prefix(sample)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+    }
+
     /// Stops the HTTP server and, with it, the app's broker connection.
     pub async fn stop(&self) {
         self.server.stop(false).await;

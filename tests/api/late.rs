@@ -7,19 +7,8 @@ use crate::helpers::*;
 
 /// The `saga_replies_total` counter for one outcome.
 async fn replies(app: &TestApp, outcome: &str) -> u64 {
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let key = format!("saga_replies_total{{outcome=\"{outcome}\"}}");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&key).map(|v| v.trim().parse().unwrap_or(0)))
-        .unwrap_or(0)
+    let sample = format!("saga_replies_total{{outcome=\"{outcome}\"}}");
+    app.metric(&sample).await.unwrap_or(0.0) as u64
 }
 
 #[actix_web::test]

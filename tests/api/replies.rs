@@ -15,15 +15,8 @@ use crate::helpers::*;
 
 /// `saga_replies_total{outcome="<outcome>"}` of this app's `/metrics`.
 async fn replies_counted(app: &TestApp, outcome: &str) -> u64 {
-    let Ok(r) = app.http.get(app.url("/metrics")).send().await else {
-        return 0;
-    };
-    let text = r.text().await.unwrap_or_default();
-    let prefix = format!("saga_replies_total{{outcome=\"{outcome}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0)
+    let sample = format!("saga_replies_total{{outcome=\"{outcome}\"}}");
+    app.metric(&sample).await.unwrap_or(0.0) as u64
 }
 
 /// Waits until the app has settled `n` replies with `outcome`.
