@@ -113,6 +113,20 @@ pub struct ServeArgs {
     /// Seconds given to in-flight work on SIGTERM before the process exits.
     #[arg(long, env = "SAGA_SHUTDOWN_TIMEOUT_S", default_value_t = 10)]
     pub shutdown_timeout_s: u64,
+    /// This instance's name among several on one database (unique per running instance;
+    /// the host name when omitted, so that a restarted instance takes its partitions back at once).
+    #[arg(long, env = "SAGA_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+    /// Partitions the sagas are spread over (the same on every instance of one database).
+    #[arg(long, env = "SAGA_PARTITIONS", default_value_t = 64)]
+    pub partitions: u32,
+    /// Milliseconds a partition lease lasts without renewal: a dead instance's partitions
+    /// are taken over this long after its last renewal.
+    #[arg(long, env = "SAGA_LEASE_MS", default_value_t = 5_000)]
+    pub lease_ms: u64,
+    /// Milliseconds between lease renewals (and rebalancing checks); below SAGA_LEASE_MS.
+    #[arg(long, env = "SAGA_LEASE_RENEW_MS", default_value_t = 1_000)]
+    pub lease_renew_ms: u64,
 }
 
 /// Flags of the participant stub (`saga-service stub` and `saga-stub`).
@@ -181,7 +195,25 @@ pub struct Settings {
     pub passivate_after: Option<Duration>,
     /// Token for operator actions, if required.
     pub admin_token: Option<String>,
+    /// Partitioned ownership among instances.
+    pub cluster: ClusterSettings,
 }
+
+/// How this instance shares the sagas with others on the same database.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// This instance's name.
+    pub instance_id: String,
+    /// Number of partitions.
+    pub partitions: u32,
+    /// Lease duration.
+    pub lease: Duration,
+    /// Renewal interval.
+    pub renew_every: Duration,
+}
+
+/// Most partitions: each is a reply queue and a lease row.
+pub const MAX_PARTITIONS: u32 = 1024;
 
 /// Parses a PostgreSQL URL, naming it on failure.
 pub fn parse_database_url(url: &str) -> Result<tokio_postgres::Config, ConfigError> {
@@ -223,7 +255,9 @@ impl ServeArgs {
                 Ok(v)
             }
         };
+        let cluster = self.cluster_settings()?;
         Ok(Settings {
+            cluster,
             database,
             amqp_url,
             http_addr,
@@ -246,6 +280,50 @@ impl ServeArgs {
             admin_token: self.admin_token.clone().filter(|t| !t.is_empty()),
             passivate_after: (self.passivate_after_ms > 0)
                 .then(|| Duration::from_millis(self.passivate_after_ms)),
+        })
+    }
+}
+
+impl ServeArgs {
+    fn cluster_settings(&self) -> Result<ClusterSettings, ConfigError> {
+        let instance_id = match &self.instance_id {
+            Some(id) => id.clone(),
+            None => hostname::get()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "saga-service".into()),
+        };
+        if instance_id.trim().is_empty()
+            || instance_id.len() > 200
+            || instance_id.chars().any(char::is_control)
+        {
+            return Err(ConfigError(format!(
+                "invalid SAGA_INSTANCE_ID `{instance_id}`: 1-200 printable characters"
+            )));
+        }
+        if self.partitions == 0 || self.partitions > MAX_PARTITIONS {
+            return Err(ConfigError(format!(
+                "invalid SAGA_PARTITIONS `{}`: must be between 1 and {MAX_PARTITIONS}",
+                self.partitions
+            )));
+        }
+        if self.lease_renew_ms == 0 || self.lease_renew_ms * 2 > self.lease_ms {
+            return Err(ConfigError(format!(
+                "invalid SAGA_LEASE_RENEW_MS `{}`: must be at least 1 and at most half of SAGA_LEASE_MS ({})",
+                self.lease_renew_ms, self.lease_ms
+            )));
+        }
+        if self.lease_ms > 600_000 {
+            return Err(ConfigError(format!(
+                "invalid SAGA_LEASE_MS `{}`: at most 600000",
+                self.lease_ms
+            )));
+        }
+        Ok(ClusterSettings {
+            instance_id,
+            partitions: self.partitions,
+            lease: Duration::from_millis(self.lease_ms),
+            renew_every: Duration::from_millis(self.lease_renew_ms),
         })
     }
 }
@@ -297,5 +375,20 @@ mod tests {
         assert!(e.0.contains("SAGA_DATABASE_URL"), "{e}");
         let e = args(&["--definitions", "/nonexistent/defs.toml"]).unwrap_err();
         assert!(e.0.contains("/nonexistent/defs.toml"), "{e}");
+        let e = args(&["--partitions", "0"]).unwrap_err();
+        assert!(e.0.contains("SAGA_PARTITIONS"), "{e}");
+        let e = args(&["--lease-ms", "1000", "--lease-renew-ms", "800"]).unwrap_err();
+        assert!(e.0.contains("SAGA_LEASE_RENEW_MS"), "{e}");
+        let e = args(&["--instance-id", " "]).unwrap_err();
+        assert!(e.0.contains("SAGA_INSTANCE_ID"), "{e}");
+    }
+
+    #[test]
+    fn cluster_defaults() {
+        let s = args(&[]).unwrap();
+        assert_eq!(s.cluster.partitions, 64);
+        assert_eq!(s.cluster.lease, Duration::from_secs(5));
+        assert_eq!(s.cluster.renew_every, Duration::from_secs(1));
+        assert!(!s.cluster.instance_id.is_empty());
     }
 }

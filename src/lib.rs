@@ -2,6 +2,7 @@
 pub mod actors;
 pub mod app_state;
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod domain;
 pub mod http;

@@ -13,7 +13,8 @@ pub struct Metrics {
     pub sagas_started: IntCounterVec,
     /// Sagas that reached completed, compensated or failed, by type and status.
     pub sagas_finished: IntCounterVec,
-    /// Replies by outcome: accepted, ignored (duplicate/stale/finished), dead_lettered, requeued.
+    /// Replies by outcome: accepted, ignored (duplicate/stale/finished), dead_lettered,
+    /// requeued, forwarded (to the instance holding the saga's partition), handed_over.
     pub replies: IntCounterVec,
     /// Commands published, by action (`execute`, `compensate`) and kind (`first`, `resend`).
     pub commands: IntCounterVec,
@@ -35,6 +36,10 @@ pub struct Metrics {
     pub confirm_seconds: Histogram,
     /// Sagas per status in PostgreSQL (refreshed every 15 s).
     pub sagas_by_status: IntGaugeVec,
+    /// Partitions this instance holds.
+    pub partitions_held: IntGauge,
+    /// Partition leases acquired, lost (taken by another) and released (rebalancing).
+    pub partition_changes: IntCounterVec,
 }
 
 impl Metrics {
@@ -119,7 +124,17 @@ impl Metrics {
             &["status"],
         )?;
         registry.register(Box::new(sagas_by_status.clone()))?;
+        let partitions_held =
+            IntGauge::new("saga_partitions_held", "Partitions this instance holds")?;
+        registry.register(Box::new(partitions_held.clone()))?;
+        let partition_changes = counter(
+            "saga_partition_changes_total",
+            "Partition leases acquired, lost and released",
+            &["change"],
+        )?;
         Ok(Metrics {
+            partitions_held,
+            partition_changes,
             registry,
             sagas_started,
             sagas_finished,

@@ -11,10 +11,11 @@ use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 use tokio::sync::oneshot;
 
-use crate::actors::messages::RehydrateSagas;
 use crate::actors::{Env, Registry, ReplyConsumer};
 use crate::app_state::{AppState, Core};
 use crate::broker::{Broker, Topology};
+use crate::cluster::lease::LeaseLoop;
+use crate::cluster::Ownership;
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::store::{self, queries, SnapshotWriter};
@@ -90,6 +91,7 @@ impl Application {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         if let Some(core) = state.core.get() {
+            crate::cluster::lease::leave(&state.pool, &core.env, &core.registry).await;
             core.env.broker.close().await;
         }
         state.pool.close();
@@ -119,6 +121,11 @@ where
 async fn boot(settings: Settings, state: web::Data<AppState>) {
     let pool = state.pool.clone();
     retry("migrations", || store::migrate(&pool)).await;
+    let partitions = settings.cluster.partitions;
+    retry("creating partition leases", || {
+        store::leases::ensure_partitions(&pool, partitions)
+    })
+    .await;
     let catalog = retry("registering definitions", || {
         store::register_definitions(&pool, &settings.definitions)
     })
@@ -134,19 +141,26 @@ async fn boot(settings: Settings, state: web::Data<AppState>) {
             reply_queue: settings.reply_queue.clone(),
             command_queues,
             queue_type: settings.queue_type,
+            partitions,
         },
     );
+    let ownership = Arc::new(Ownership::new(
+        settings.cluster.instance_id.clone(),
+        partitions,
+    ));
     let env = Arc::new(Env {
         writer: SnapshotWriter::spawn(
             pool.clone(),
             settings.snapshot_writers,
             settings.snapshot_batch,
+            ownership.instance(),
         ),
         broker: broker.clone(),
         catalog: Arc::new(catalog),
         metrics: state.metrics.clone(),
         passivate_after: settings.passivate_after,
         drain: state.drain.clone(),
+        ownership,
     });
     let registry = Registry::new(env.clone()).start();
     let _ = state.core.set(Core {
@@ -158,18 +172,27 @@ async fn boot(settings: Settings, state: web::Data<AppState>) {
         broker.connect(settings.prefetch)
     })
     .await;
-    let unfinished = retry("loading unfinished sagas", || {
-        queries::load_unfinished(&pool)
-    })
-    .await;
-    let total = unfinished.len();
-    match registry.send(RehydrateSagas(unfinished)).await {
-        Ok(n) => log::info!("rehydrated {n} of {total} unfinished sagas"),
-        Err(e) => log::error!("rehydration failed: {e}"),
-    }
+    // The lease loop takes this instance's share of the partitions (all of them when it
+    // runs alone), rehydrates their unfinished sagas and consumes their queues.
+    let (leased, first_round) = oneshot::channel();
+    actix::spawn(
+        LeaseLoop::new(
+            pool.clone(),
+            env.clone(),
+            registry.clone(),
+            settings.cluster.clone(),
+            settings.prefetch,
+        )
+        .run(leased),
+    );
+    let _ = first_round.await;
     let mut stopped = start_consumer(&env, &registry, stream);
     state.rehydrated.store(true, Ordering::Release);
-    log::info!("ready");
+    log::info!(
+        "ready: instance {} holds {} of {partitions} partitions",
+        env.ownership.instance(),
+        env.ownership.held().len()
+    );
     // Supervise the connection: whenever it or the consumer drops, reconnect and consume again.
     loop {
         tokio::select! {
@@ -215,6 +238,6 @@ fn start_consumer(
     stream: crate::broker::ReplyStream,
 ) -> oneshot::Receiver<()> {
     let (tx, rx) = oneshot::channel();
-    ReplyConsumer::new(env.clone(), registry.clone(), stream, tx).start();
+    ReplyConsumer::new(env.clone(), registry.clone(), stream, tx, None).start();
     rx
 }

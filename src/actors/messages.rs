@@ -27,7 +27,21 @@ pub enum DeliverError {
     /// The saga's actor stopped before answering; the event was not applied.
     #[error("saga actor stopped")]
     ActorGone,
+    /// The saga's partition is held by another instance (or by none right now).
+    #[error("partition {0} is not held by this instance")]
+    NotOwner(u32),
 }
+
+/// Tells the registry that this instance no longer holds these partitions: their actors
+/// stop without writing anything, their timers are dropped.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct ReleasePartitions(pub Vec<u32>);
+
+/// Tells a saga actor to stop at once because its partition changed hands.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Relinquish;
 
 /// Applies an event to one saga (with an operator's note for the history row): the saga
 /// actor commits the transition, then acts on it.

@@ -29,4 +29,6 @@ pub struct Env {
     pub passivate_after: Option<std::time::Duration>,
     /// Shutdown state: the consumer stops taking replies and counts those in progress.
     pub drain: Arc<crate::app_state::Drain>,
+    /// The partitions this instance holds.
+    pub ownership: Arc<crate::cluster::Ownership>,
 }

@@ -15,7 +15,8 @@ use uuid::Uuid;
 
 use super::messages::{
     Applied, ApplyEvent, CountLive, Crash, CrashSaga, DeliverError, DeliverEvent, EnsureLive,
-    Passivated, RehydrateSagas, RestartSaga, ResumeSaga, RetireSaga, SagaCrashed, SpawnSaga,
+    Passivated, RehydrateSagas, ReleasePartitions, Relinquish, RestartSaga, ResumeSaga, RetireSaga,
+    SagaCrashed, SpawnSaga,
 };
 use super::saga_actor::encode_command;
 use super::{Env, SagaActor};
@@ -138,7 +139,9 @@ impl Registry {
             });
             ctx.spawn(deliver.into_actor(self).map(move |res, act, _ctx| {
                 let failed = match res {
-                    Ok(Ok(_)) | Ok(Err(DeliverError::UnknownSaga(_))) => false,
+                    Ok(Ok(_))
+                    | Ok(Err(DeliverError::UnknownSaga(_)))
+                    | Ok(Err(DeliverError::NotOwner(_))) => false,
                     Ok(Err(_)) | Err(_) => true,
                 };
                 if failed {
@@ -158,12 +161,17 @@ impl Registry {
         note: Option<String>,
         how: Revive,
     ) -> ResponseActFuture<Self, Result<Applied, DeliverError>> {
-        let pool = self.env.writer.pool().clone();
-        let load = async move { queries::load(&pool, saga_id).await };
+        let load = self.load_owned(saga_id);
         Box::pin(
             load.into_actor(self)
                 .map(move |loaded, act, ctx| {
                     let route = match loaded {
+                        Err(StoreError::NotOwner(_)) => {
+                            act.sagas.remove(&saga_id);
+                            Err(DeliverError::NotOwner(
+                                act.env.ownership.partition(&saga_id),
+                            ))
+                        }
                         Err(e) => Err(e.into()),
                         Ok(None) => Err(DeliverError::UnknownSaga(saga_id)),
                         Ok(Some(state)) if state.status.is_terminal() => {
@@ -201,6 +209,25 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// Loads a saga's snapshot if this instance still holds its partition (in the database,
+    /// not only in memory): a saga is only ever resumed by its owner.
+    fn load_owned(
+        &self,
+        saga_id: Uuid,
+    ) -> impl std::future::Future<Output = Result<Option<SagaState>, StoreError>> + 'static {
+        let pool = self.env.writer.pool().clone();
+        let fence = self.env.ownership.fence(&saga_id);
+        let instance = self.env.ownership.instance().to_string();
+        async move {
+            match fence {
+                Some(fence) => queries::load_owned(&pool, saga_id, &instance, fence).await,
+                None => Err(StoreError::NotOwner(saga_id)),
+            }
+        }
+    }
+}
+
 impl Actor for Registry {
     type Context = Context<Self>;
 
@@ -229,6 +256,10 @@ impl Handler<RehydrateSagas> for Registry {
         let now = Instant::now();
         let mut n = 0;
         for state in msg.0 {
+            // Already here (an event reached it first), or no longer ours.
+            if self.sagas.contains_key(&state.saga_id) || !self.env.ownership.owns(&state.saga_id) {
+                continue;
+            }
             let Some(def) = self.env.catalog.get(&state.saga, state.definition_version) else {
                 log::error!(
                     "saga={} step=- definition {} v{} is not stored",
@@ -312,6 +343,10 @@ impl Handler<DeliverEvent> for Registry {
             event,
             note,
         } = msg;
+        if !self.env.ownership.owns(&saga_id) {
+            let partition = self.env.ownership.partition(&saga_id);
+            return Box::pin(fut::ready(Err(DeliverError::NotOwner(partition))));
+        }
         if let Some(addr) = self.live(&saga_id) {
             let fut = async move {
                 addr.send(ApplyEvent(event.clone(), note.clone()))
@@ -380,11 +415,16 @@ impl Registry {
     /// crash it was revived without re-sending; after a repeated start it was just spawned.
     fn reload(&mut self, saga_id: Uuid, resume_live: bool, ctx: &mut Context<Self>) {
         log::warn!("saga={saga_id} step=- reloading it from its snapshot");
-        let pool = self.env.writer.pool().clone();
-        let load = async move { queries::load(&pool, saga_id).await };
+        let load = self.load_owned(saga_id);
         ctx.spawn(
             load.into_actor(self)
                 .map(move |loaded, act, ctx| match loaded {
+                    Err(StoreError::NotOwner(_)) => {
+                        log::info!(
+                            "saga={saga_id} step=- its partition changed hands; dropped here"
+                        );
+                        act.sagas.remove(&saga_id);
+                    }
                     Ok(Some(state)) if !state.status.is_terminal() => match act.live(&saga_id) {
                         Some(addr) if resume_live => addr.do_send(ResumeSaga),
                         Some(_) => {}
@@ -423,9 +463,37 @@ impl Handler<EnsureLive> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: EnsureLive, ctx: &mut Self::Context) {
-        if !self.sagas.contains_key(&msg.0) {
+        if !self.sagas.contains_key(&msg.0) && self.env.ownership.owns(&msg.0) {
             self.reload(msg.0, false, ctx);
         }
+    }
+}
+
+impl Handler<ReleasePartitions> for Registry {
+    type Result = usize;
+
+    /// Forgets every saga of the partitions (stopping live actors without a write) and
+    /// their timers; returns how many sagas were forgotten.
+    fn handle(&mut self, msg: ReleasePartitions, _ctx: &mut Self::Context) -> usize {
+        let n = self.env.ownership.partitions();
+        let gone: std::collections::HashSet<u32> = msg.0.into_iter().collect();
+        let in_gone = |id: &Uuid| gone.contains(&crate::cluster::partition_of(id, n));
+        let before = self.sagas.len();
+        self.sagas.retain(|id, slot| {
+            if !in_gone(id) {
+                return true;
+            }
+            if let Slot::Live(addr) = slot {
+                addr.do_send(Relinquish);
+            }
+            false
+        });
+        let wakes = std::mem::take(&mut self.wakes);
+        self.wakes = wakes
+            .into_iter()
+            .filter(|Reverse(w)| !in_gone(&w.saga_id))
+            .collect();
+        before - self.sagas.len()
     }
 }
 

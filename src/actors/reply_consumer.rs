@@ -7,33 +7,39 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use super::messages::{Applied, DeliverError, DeliverEvent};
+use super::messages::{Applied, DeliverError, DeliverEvent, EnsureLive};
 use super::{Env, Registry};
-use crate::broker::wire::{decode_reply, salvage_saga_id, PoisonReason};
+use crate::broker::wire::{decode_reply, salvage_saga_id, Control, PoisonReason};
 use crate::broker::{ReplyDelivery, ReplyStream};
 use crate::saga::{Event, TransitionError};
 
-/// Consumes one channel's reply stream; stops when the stream ends.
+/// Consumes one queue's deliveries: the shared reply queue, or one partition's queue.
+/// Stops when the stream ends (the channel closed, or the partition consumer was cancelled).
 pub struct ReplyConsumer {
     env: Arc<Env>,
     registry: Addr<Registry>,
     stream: Option<ReplyStream>,
     stopped: Option<oneshot::Sender<()>>,
+    /// The partition whose queue this is; None for the shared reply queue.
+    source: Option<u32>,
 }
 
 impl ReplyConsumer {
-    /// A consumer of `stream`; `stopped` fires when it stops.
+    /// A consumer of `stream` from queue `source` (a partition, or None for the shared
+    /// reply queue); `stopped` fires when it stops.
     pub fn new(
         env: Arc<Env>,
         registry: Addr<Registry>,
         stream: ReplyStream,
         stopped: oneshot::Sender<()>,
+        source: Option<u32>,
     ) -> Self {
         ReplyConsumer {
             env,
             registry,
             stream: Some(stream),
             stopped: Some(stopped),
+            source,
         }
     }
 }
@@ -60,12 +66,68 @@ enum Settle {
     /// Copy to the DLQ with this reason; also record it against the saga, if one is named.
     DeadLetter(String, Option<uuid::Uuid>),
     Requeue,
+    /// Pass it on to the queue of its partition, held by another instance.
+    Forward(u32),
+}
+
+/// Where a delivery for a partition this instance does not hold goes: on to that
+/// partition's queue, or, if it came from there, back to it for the owner to take.
+fn elsewhere(partition: u32, source: Option<u32>) -> Settle {
+    if source == Some(partition) {
+        Settle::Requeue
+    } else {
+        Settle::Forward(partition)
+    }
+}
+
+/// A hand-over from another instance: drive a saga started there, or apply an operator
+/// action asked there.
+async fn control(
+    env: &Env,
+    registry: &Addr<Registry>,
+    delivery: &ReplyDelivery,
+    source: Option<u32>,
+) -> Settle {
+    let c: Control = match serde_json::from_slice(delivery.data()) {
+        Ok(c) => c,
+        Err(e) => return Settle::DeadLetter(format!("hand-over does not decode: {e}"), None),
+    };
+    let partition = env.ownership.partition(&c.saga_id);
+    if !env.ownership.owns(&c.saga_id) {
+        return elsewhere(partition, source);
+    }
+    let Some(event) = c.op.event() else {
+        registry.do_send(EnsureLive(c.saga_id));
+        return Settle::Ack("handed_over");
+    };
+    let answer = registry
+        .send(DeliverEvent {
+            saga_id: c.saga_id,
+            event,
+            note: c.note,
+        })
+        .await;
+    match answer {
+        Ok(Ok(Applied::Transitioned)) => Settle::Ack("handed_over"),
+        Ok(Ok(Applied::Ignored(e))) => {
+            log::warn!(
+                "saga={} step=- operator {:?} asked on another instance refused here: {e}",
+                c.saga_id,
+                c.op
+            );
+            Settle::Ack("handed_over")
+        }
+        Ok(Err(DeliverError::UnknownSaga(_))) => Settle::Ack("handed_over"),
+        Ok(Err(DeliverError::NotOwner(p))) => elsewhere(p, source),
+        Ok(Err(_)) | Err(_) => Settle::Requeue,
+    }
 }
 
 impl StreamHandler<ReplyDelivery> for ReplyConsumer {
     fn handle(&mut self, delivery: ReplyDelivery, _ctx: &mut Self::Context) {
         let env = self.env.clone();
         let registry = self.registry.clone();
+        let source = self.source;
         if env.drain.is_draining() {
             // Shutting down: leave it unacked. Requeueing it now would have the broker hand
             // it straight back; closing the channel returns it to the queue for the next start.
@@ -78,8 +140,12 @@ impl StreamHandler<ReplyDelivery> for ReplyConsumer {
         // Each delivery is settled on its own task: many sagas advance at once, bounded by prefetch.
         actix::spawn(async move {
             let settle = match decode_reply(delivery.data(), delivery.correlation_id()) {
+                _ if delivery.is_control() => control(&env, &registry, &delivery, source).await,
                 Err(reason) => {
                     Settle::DeadLetter(reason.to_string(), salvage_saga_id(delivery.data()))
+                }
+                Ok(reply) if !env.ownership.owns(&reply.saga_id) => {
+                    elsewhere(env.ownership.partition(&reply.saga_id), source)
                 }
                 Ok(reply) => {
                     let saga_id = reply.saga_id;
@@ -106,6 +172,7 @@ impl StreamHandler<ReplyDelivery> for ReplyConsumer {
                         Ok(Err(DeliverError::UnknownSaga(id))) => {
                             Settle::DeadLetter(PoisonReason::UnknownSaga(id).to_string(), None)
                         }
+                        Ok(Err(DeliverError::NotOwner(p))) => elsewhere(p, source),
                         Ok(Err(DeliverError::Store(e))) if !e.is_transient() => match e {
                             crate::store::StoreError::Corrupt(_)
                             | crate::store::StoreError::Batch(_) => {
@@ -164,6 +231,22 @@ async fn settle_delivery(env: &Env, delivery: ReplyDelivery, settle: Settle) {
                 }
                 // Not copied to the DLQ: hand it back rather than lose it.
                 Err(_) => delivery.requeue().await,
+            }
+        }
+        Settle::Forward(partition) => {
+            match env
+                .broker
+                .forward(partition, delivery.data(), delivery.properties())
+                .await
+            {
+                Ok(()) => {
+                    replies.with_label_values(&["forwarded"]).inc();
+                    delivery.ack().await
+                }
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    delivery.requeue().await
+                }
             }
         }
         Settle::Requeue => {

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use super::messages::{
-    Applied, ApplyEvent, Crash, DeliverError, Passivated, RestartSaga, ResumeSaga, RetireSaga,
-    SagaCrashed,
+    Applied, ApplyEvent, Crash, DeliverError, Passivated, Relinquish, RestartSaga, ResumeSaga,
+    RetireSaga, SagaCrashed,
 };
 use super::{Env, Registry};
 use crate::broker::wire::{CommandBody, LifecycleEvent};
@@ -402,10 +402,18 @@ impl Handler<ApplyEvent> for SagaActor {
             .state
             .current_step()
             .map(|i| self.step_name(i).to_string());
-        let write = match SnapshotWrite::new(&transition.state, step, transition.record.clone()) {
-            Ok(w) => w,
-            Err(e) => return AtomicResponse::new(Box::pin(fut::ready(Err(e.into())))),
+        // Written under this instance's lease on the saga's partition, or not at all.
+        let Some(fence) = self.env.ownership.fence(&self.state.saga_id) else {
+            let partition = self.env.ownership.partition(&self.state.saga_id);
+            return AtomicResponse::new(Box::pin(fut::ready(Err(DeliverError::NotOwner(
+                partition,
+            )))));
         };
+        let write =
+            match SnapshotWrite::new(&transition.state, step, transition.record.clone(), fence) {
+                Ok(w) => w,
+                Err(e) => return AtomicResponse::new(Box::pin(fut::ready(Err(e.into())))),
+            };
         let env = self.env.clone();
         let fut = save_durably(env, Arc::new(write))
             .into_actor(self)
@@ -474,6 +482,19 @@ impl Handler<ResumeSaga> for SagaActor {
     fn handle(&mut self, _msg: ResumeSaga, ctx: &mut Self::Context) {
         let effects = saga::resume(&self.state, &self.def);
         self.perform(effects, ctx);
+    }
+}
+
+impl Handler<Relinquish> for SagaActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Relinquish, ctx: &mut Self::Context) {
+        // The registry already forgot this saga; its new owner resumes it from the snapshot.
+        self.passivating = true;
+        if let Some(timer) = self.timer.take() {
+            ctx.cancel_future(timer);
+        }
+        ctx.stop();
     }
 }
 

@@ -20,6 +20,8 @@ pub struct Topology {
     pub command_queues: BTreeSet<String>,
     /// Classic or quorum.
     pub queue_type: QueueType,
+    /// Partitions: each has a reply queue `<reply queue>.p<n>` its owner consumes.
+    pub partitions: u32,
 }
 
 impl Topology {
@@ -27,11 +29,20 @@ impl Topology {
     pub fn dead_letter_queue(&self) -> String {
         format!("{}.dlq", self.reply_queue)
     }
+
+    /// The queue of one partition: replies and hand-overs for its sagas reach its owner there.
+    pub fn partition_queue(&self, partition: u32) -> String {
+        format!("{}.p{partition}", self.reply_queue)
+    }
 }
 
 pub(super) struct Links {
     pub connection: Connection,
     pub publish: Channel,
+    /// The channel every reply consumer of this connection is on.
+    pub consume: Channel,
+    /// Counts connections, so that a consumer of an old one is not cancelled on a new one.
+    pub generation: u64,
 }
 
 /// Handle to the broker connection; cheap to clone.
@@ -40,6 +51,7 @@ pub struct Broker {
     pub(super) links: Arc<RwLock<Option<Arc<Links>>>>,
     url: String,
     pub(super) topology: Arc<Topology>,
+    generation: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Broker {
@@ -49,6 +61,7 @@ impl Broker {
             links: Arc::new(RwLock::new(None)),
             url,
             topology: Arc::new(topology),
+            generation: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         }
     }
 
@@ -87,12 +100,64 @@ impl Broker {
             .confirm_select(lapin::options::ConfirmSelectOptions::default())
             .await?;
         let consume = connection.create_channel().await?;
-        let stream = super::consumer::start(&consume, &self.topology.reply_queue, prefetch).await?;
+        let stream = super::consumer::start(
+            &consume,
+            &self.topology.reply_queue,
+            "saga-service",
+            prefetch,
+        )
+        .await?;
+        let generation = self
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+            + 1;
         self.set(Some(Arc::new(Links {
             connection,
             publish,
+            consume,
+            generation,
         })));
         Ok(stream)
+    }
+
+    /// Starts consuming a partition's queue on the current connection; returns its stream
+    /// and a handle to cancel it.
+    pub async fn consume_partition(
+        &self,
+        partition: u32,
+        prefetch: u16,
+    ) -> Result<(super::ReplyStream, PartitionConsumer), BrokerError> {
+        let links = self.current().ok_or(BrokerError::NotConnected)?;
+        let tag = format!("saga-service-p{partition}");
+        let queue = self.topology.partition_queue(partition);
+        let stream = super::consumer::start(&links.consume, &queue, &tag, prefetch).await?;
+        Ok((
+            stream,
+            PartitionConsumer {
+                tag,
+                generation: links.generation,
+            },
+        ))
+    }
+
+    /// Stops a partition consumer (its unacked deliveries return to the queue once settled).
+    pub async fn cancel_partition(&self, consumer: &PartitionConsumer) {
+        if let Some(links) = self.current() {
+            if links.generation == consumer.generation {
+                let _ = links
+                    .consume
+                    .basic_cancel(
+                        ShortString::from(consumer.tag.as_str()),
+                        lapin::options::BasicCancelOptions::default(),
+                    )
+                    .await;
+            }
+        }
+    }
+
+    /// Which connection is current (grows at each reconnection).
+    pub fn generation(&self) -> u64 {
+        self.current().map_or(0, |l| l.generation)
     }
 
     /// Resolves when the current connection is lost (polled; lapin reports it as a status).
@@ -113,6 +178,20 @@ impl Broker {
             let _ = l.connection.close(200, ShortString::from("shutdown")).await;
         }
         self.set(None);
+    }
+}
+
+/// A consumer of one partition's queue.
+#[derive(Debug, Clone)]
+pub struct PartitionConsumer {
+    tag: String,
+    generation: u64,
+}
+
+impl PartitionConsumer {
+    /// The connection it was started on.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 }
 
@@ -141,6 +220,7 @@ async fn declare_topology(connection: &Connection, t: &Topology) -> Result<(), B
         )
         .await?;
     let mut queues = vec![t.reply_queue.clone(), t.dead_letter_queue()];
+    queues.extend((0..t.partitions).map(|p| t.partition_queue(p)));
     queues.extend(t.command_queues.iter().cloned());
     for queue in queues {
         let declared = channel

@@ -28,6 +28,15 @@ impl ReplyDelivery {
             .map(|s| s.as_str())
     }
 
+    /// A hand-over between instances (`type` = `saga.control`), not a participant's reply.
+    pub fn is_control(&self) -> bool {
+        self.inner
+            .properties
+            .kind()
+            .as_ref()
+            .is_some_and(|k| k.as_str() == super::CONTROL_TYPE)
+    }
+
     /// Its properties (kept when dead-lettering).
     pub fn properties(&self) -> &BasicProperties {
         &self.inner.properties
@@ -54,6 +63,7 @@ pub type ReplyStream = std::pin::Pin<Box<dyn Stream<Item = ReplyDelivery> + Send
 pub(super) async fn start(
     channel: &Channel,
     queue: &str,
+    tag: &str,
     prefetch: u16,
 ) -> Result<ReplyStream, BrokerError> {
     channel
@@ -62,7 +72,7 @@ pub(super) async fn start(
     let consumer = channel
         .basic_consume(
             ShortString::from(queue),
-            ShortString::from("saga-service"),
+            ShortString::from(tag),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )

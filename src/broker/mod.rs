@@ -5,8 +5,11 @@ mod consumer;
 mod publisher;
 pub mod wire;
 
-pub use connection::{Broker, Topology};
+pub use connection::{Broker, PartitionConsumer, Topology};
 pub use consumer::{ReplyDelivery, ReplyStream};
+
+/// AMQP `type` of the hand-overs one instance sends another on a partition queue.
+pub const CONTROL_TYPE: &str = "saga.control";
 
 /// Name of the topic exchange lifecycle events go to.
 pub const EVENTS_EXCHANGE: &str = "saga.events";

@@ -59,6 +59,27 @@ impl Broker {
             .await
     }
 
+    /// Passes a reply that reached this instance but belongs to a partition held by
+    /// another on to that partition's queue, unchanged.
+    pub async fn forward(
+        &self,
+        partition: u32,
+        body: &[u8],
+        original: &BasicProperties,
+    ) -> Result<(), BrokerError> {
+        let queue = self.topology.partition_queue(partition);
+        self.publish("", &queue, body, original.clone()).await
+    }
+
+    /// Hands a saga over to the owner of its partition (see `wire::Control`).
+    pub async fn send_control(&self, partition: u32, body: &[u8]) -> Result<(), BrokerError> {
+        let queue = self.topology.partition_queue(partition);
+        let props = BasicProperties::default()
+            .with_type(ShortString::from(super::CONTROL_TYPE))
+            .with_content_type(ShortString::from("application/json"));
+        self.publish("", &queue, body, props).await
+    }
+
     /// Copies a poison reply to `<reply queue>.dlq` with the reason in header `x-saga-error`.
     pub async fn dead_letter(
         &self,

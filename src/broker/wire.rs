@@ -159,9 +159,64 @@ pub struct LifecycleEvent {
     pub at: String,
 }
 
+/// A hand-over from one instance to the owner of a saga's partition, on the partition's
+/// queue with AMQP `type` = `saga.control`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Control {
+    /// The saga.
+    pub saga_id: Uuid,
+    /// What the owner is asked to do.
+    pub op: ControlOp,
+    /// Who asked and why (operator actions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// What a [`Control`] asks of the owner.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ControlOp {
+    /// Drive the saga: it was started (or started again) on another instance.
+    Wake,
+    /// Operator abort.
+    Abort,
+    /// Operator retry.
+    Retry,
+    /// Operator skip.
+    Skip,
+    /// Operator resume.
+    Resume,
+}
+
+impl ControlOp {
+    /// The operator event it stands for (None for a wake).
+    pub fn event(self) -> Option<crate::saga::Event> {
+        use crate::saga::Event;
+        match self {
+            ControlOp::Wake => None,
+            ControlOp::Abort => Some(Event::Abort),
+            ControlOp::Retry => Some(Event::Retry),
+            ControlOp::Skip => Some(Event::Skip),
+            ControlOp::Resume => Some(Event::Resume),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_round_trips() {
+        let c = Control {
+            saga_id: Uuid::from_u128(9),
+            op: ControlOp::Abort,
+            note: Some("by ops: stuck".into()),
+        };
+        let bytes = serde_json::to_vec(&c).unwrap();
+        assert!(String::from_utf8_lossy(&bytes).contains(r#""op":"abort""#));
+        assert_eq!(serde_json::from_slice::<Control>(&bytes).unwrap(), c);
+    }
 
     const ID: &str = "0b6e8f5e-3f55-4a8e-9c39-1b1a4c3f1f00";
 

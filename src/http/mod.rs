@@ -27,6 +27,28 @@ async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {
     Err(ApiError::NotFound("no such route".into()))
 }
 
+/// Hands a saga to the instance holding its partition, through that partition's queue.
+async fn hand_over(
+    core: &crate::app_state::Core,
+    saga_id: uuid::Uuid,
+    op: crate::broker::wire::ControlOp,
+    note: Option<String>,
+) -> Result<(), ApiError> {
+    let partition = core.env.ownership.partition(&saga_id);
+    let body = serde_json::to_vec(&crate::broker::wire::Control { saga_id, op, note })
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    core.env
+        .broker
+        .send_control(partition, &body)
+        .await
+        .map_err(|e| {
+            ApiError::Unavailable(format!(
+                "saga {saga_id} belongs to partition {partition}, held by another instance, \
+                 which could not be told ({e}); repeat the request"
+            ))
+        })
+}
+
 /// The parts that exist once start-up reached PostgreSQL, or 503.
 fn core(state: &crate::app_state::AppState) -> Result<&crate::app_state::Core, ApiError> {
     if state.drain.is_draining() {

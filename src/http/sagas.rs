@@ -5,9 +5,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::body::read_limited;
-use super::{core, ApiError};
+use super::{core, hand_over, ApiError};
 use crate::actors::messages::{Applied, DeliverError, DeliverEvent};
 use crate::app_state::AppState;
+use crate::broker::wire::ControlOp;
 use crate::domain::SagaId;
 use crate::saga::{Event, Status};
 use crate::store::{queries, Cursor, ListFilter};
@@ -197,8 +198,8 @@ async fn operator(
         .registry
         .send(DeliverEvent {
             saga_id: id.0,
-            event,
-            note,
+            event: event.clone(),
+            note: note.clone(),
         })
         .await
         .map_err(|e| ApiError::Internal(format!("registry unreachable: {e}")))?;
@@ -212,7 +213,41 @@ async fn operator(
         Err(DeliverError::ActorGone) => Err(ApiError::Unavailable(
             "saga is restarting; try again".into(),
         )),
+        Err(DeliverError::NotOwner(partition)) => {
+            forward_action(core, id, event, note, action, partition).await
+        }
     }
+}
+
+/// An action on a saga another instance drives: checked against its snapshot here (409 if
+/// it makes no sense there), then handed to the owner, which applies it (202).
+async fn forward_action(
+    core: &crate::app_state::Core,
+    id: SagaId,
+    event: Event,
+    note: Option<String>,
+    action: &str,
+    partition: u32,
+) -> Result<HttpResponse, ApiError> {
+    let state = queries::load(core.env.writer.pool(), id.0)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no saga {id}")))?;
+    let def = core
+        .env
+        .catalog
+        .get(&state.saga, state.definition_version)
+        .ok_or_else(|| ApiError::Internal(format!("saga {id}: its definition is not stored")))?;
+    crate::saga::apply(&state, &def, &event).map_err(|e| ApiError::Conflict(e.to_string()))?;
+    let op = match event {
+        Event::Abort => ControlOp::Abort,
+        Event::Retry => ControlOp::Retry,
+        Event::Skip => ControlOp::Skip,
+        _ => ControlOp::Resume,
+    };
+    hand_over(core, id.0, op, note).await?;
+    Ok(HttpResponse::Accepted().json(json!({
+        "saga_id": id, "code": id.code(), "accepted": action, "handed_to_partition": partition
+    })))
 }
 
 /// `POST /sagas/{id}/{action}`: abort (a running saga compensates), retry (a failed saga

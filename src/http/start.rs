@@ -4,9 +4,10 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Map, Value};
 
 use super::body::{parse_form, read_limited};
-use super::{core, ApiError};
+use super::{core, hand_over, ApiError};
 use crate::actors::messages::SpawnSaga;
 use crate::app_state::AppState;
+use crate::broker::wire::ControlOp;
 use crate::domain::SagaId;
 use crate::saga;
 use crate::store::InsertOutcome;
@@ -163,10 +164,16 @@ pub async fn start(
                 .transitions
                 .with_label_values(&["started"])
                 .inc();
-            core.registry.do_send(SpawnSaga {
-                state: transition.state,
-                effects: transition.effects,
-            });
+            if core.env.ownership.owns(&request.saga_id.0) {
+                core.registry.do_send(SpawnSaga {
+                    state: transition.state,
+                    effects: transition.effects,
+                });
+            } else {
+                // Stored; the instance holding its partition sends step 1 once told. A lost
+                // hand-over is caught by that owner's sweep of sagas that never advanced.
+                hand_over(core, request.saga_id.0, ControlOp::Wake, None).await?;
+            }
             Ok(HttpResponse::Ok().json(json!({
                 "saga_id": request.saga_id, "code": code, "status": "running"
             })))
@@ -180,8 +187,12 @@ pub async fn start(
             }
             // A repeat after an answer that was lost: make sure the saga is being driven.
             if crate::saga::Status::parse(&existing.status).is_some_and(|s| !s.is_terminal()) {
-                core.registry
-                    .do_send(crate::actors::messages::EnsureLive(request.saga_id.0));
+                if core.env.ownership.owns(&request.saga_id.0) {
+                    core.registry
+                        .do_send(crate::actors::messages::EnsureLive(request.saga_id.0));
+                } else {
+                    hand_over(core, request.saga_id.0, ControlOp::Wake, None).await?;
+                }
             }
             Ok(HttpResponse::Ok().json(json!({
                 "saga_id": request.saga_id, "code": code, "status": existing.status

@@ -17,6 +17,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0003_stuck_index.sql",
         include_str!("../../sql/0003_stuck_index.sql"),
     ),
+    (
+        4,
+        "0004_partitions.sql",
+        include_str!("../../sql/0004_partitions.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serialises concurrent migrators.

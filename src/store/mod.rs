@@ -1,6 +1,7 @@
 //! The only module that speaks SQL: pool, migrations, definitions, snapshots, history, queries.
 
 mod definitions;
+pub mod leases;
 mod migrations;
 pub mod queries;
 mod snapshots;
@@ -38,6 +39,9 @@ pub enum StoreError {
     /// A batch this write was part of failed for good.
     #[error("snapshot batch failed: {0}")]
     Batch(String),
+    /// This instance does not hold the lease of the saga's partition (any more).
+    #[error("saga {0} belongs to a partition this instance does not hold")]
+    NotOwner(uuid::Uuid),
 }
 
 impl StoreError {
@@ -67,7 +71,10 @@ impl StoreError {
                     None => true,
                 }
             }
-            StoreError::Conflict(_) | StoreError::Corrupt(_) | StoreError::Batch(_) => false,
+            StoreError::Conflict(_)
+            | StoreError::Corrupt(_)
+            | StoreError::Batch(_)
+            | StoreError::NotOwner(_) => false,
         }
     }
 }

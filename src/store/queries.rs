@@ -26,6 +26,75 @@ pub async fn load(pool: &Pool, id: Uuid) -> Result<Option<SagaState>, StoreError
     }
 }
 
+/// The snapshot of one saga, if it exists, provided `instance` still holds its partition
+/// under `fence`'s epoch (`NotOwner` otherwise): a saga is only resumed by its owner.
+pub async fn load_owned(
+    pool: &Pool,
+    id: Uuid,
+    instance: &str,
+    fence: crate::cluster::Fence,
+) -> Result<Option<SagaState>, StoreError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT s.state, EXISTS (SELECT 1 FROM saga_partitions p
+                     WHERE p.partition = $2 AND p.epoch = $3 AND p.owner = $4)
+               FROM sagas s WHERE s.id = $1",
+        )
+        .await?;
+    match client
+        .query_opt(&stmt, &[&id, &fence.partition, &fence.epoch, &instance])
+        .await?
+    {
+        Some(row) if row.get::<_, bool>(1) => Ok(Some(decode(id, row.get(0))?)),
+        Some(_) => Err(StoreError::NotOwner(id)),
+        None => Ok(None),
+    }
+}
+
+/// Every unfinished saga of some partitions (out of `n`).
+pub async fn load_unfinished_in(
+    pool: &Pool,
+    partitions: &[i32],
+    n: u32,
+) -> Result<Vec<SagaState>, StoreError> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT id, state FROM sagas
+              WHERE status IN ('running', 'compensating', 'failed')
+                AND saga_partition(id, $2) = ANY($1)",
+            &[&partitions, &(n as i32)],
+        )
+        .await?;
+    rows.into_iter()
+        .map(|row| decode(row.get(0), row.get(1)))
+        .collect()
+}
+
+/// Running sagas of some partitions started in the last ten minutes that have not moved
+/// for `idle_s` seconds since their start: those whose hand-over to this owner may have
+/// been lost (see `cluster::lease`).
+pub async fn unadvanced_in(
+    pool: &Pool,
+    partitions: &[i32],
+    n: u32,
+    idle_s: f64,
+) -> Result<Vec<Uuid>, StoreError> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT id FROM sagas
+              WHERE status = 'running' AND version = 1
+                AND created_at > now() - interval '10 minutes'
+                AND created_at < now() - $3 * interval '1 second'
+                AND saga_partition(id, $2) = ANY($1)",
+            &[&partitions, &(n as i32), &idle_s],
+        )
+        .await?;
+    Ok(rows.into_iter().map(|row| row.get(0)).collect())
+}
+
 /// Every saga that is not finished (running, compensating or failed).
 pub async fn load_unfinished(pool: &Pool) -> Result<Vec<SagaState>, StoreError> {
     let client = pool.get().await?;

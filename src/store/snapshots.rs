@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use uuid::Uuid;
 
 use super::StoreError;
+use crate::cluster::Fence;
 use crate::saga::{Record, SagaState};
 
 /// One transition to persist.
@@ -30,6 +31,8 @@ pub struct SnapshotWrite {
     pub state: Value,
     /// The history row.
     pub record: Record,
+    /// The lease it is written under: refused once that lease has changed hands.
+    pub fence: Fence,
 }
 
 impl SnapshotWrite {
@@ -38,6 +41,7 @@ impl SnapshotWrite {
         state: &SagaState,
         step: Option<String>,
         record: Record,
+        fence: Fence,
     ) -> Result<Self, StoreError> {
         let json = serde_json::to_value(state).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         Ok(SnapshotWrite {
@@ -47,6 +51,7 @@ impl SnapshotWrite {
             step,
             state: json,
             record,
+            fence,
         })
     }
 }
@@ -62,6 +67,9 @@ pub struct SnapshotWriter {
     pool: Pool,
     jobs: mpsc::UnboundedSender<Job>,
 }
+
+/// Whose leases the writes are fenced by.
+type Instance = Arc<str>;
 
 /// What `POST /start` found when it tried to insert the saga.
 #[derive(Debug)]
@@ -86,13 +94,15 @@ pub struct StartConflict {
 const UPDATE_BATCH: &str = "
 WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::jsonb[],
-                         $6::text[], $7::text[], $8::text[])
-        AS t(id, version, status, step, state, event, event_step, detail)
+                         $6::text[], $7::text[], $8::text[], $9::int[], $10::bigint[])
+        AS t(id, version, status, step, state, event, event_step, detail, part, epoch)
 ), upd AS (
     UPDATE sagas s
        SET version = i.version, status = i.status, step = i.step, state = i.state, updated_at = now()
       FROM input i
      WHERE s.id = i.id AND s.version = i.version - 1
+       AND EXISTS (SELECT 1 FROM saga_partitions p
+                    WHERE p.partition = i.part AND p.epoch = i.epoch AND p.owner = $11)
     RETURNING s.id
 ), ev AS (
     INSERT INTO saga_events (saga_id, version, event, step, status, detail)
@@ -114,14 +124,17 @@ WITH ins AS (
 SELECT count(*) FROM ins";
 
 impl SnapshotWriter {
-    /// Starts `writers` tasks that each commit up to `batch` transitions per transaction.
-    pub fn spawn(pool: Pool, writers: usize, batch: usize) -> Self {
+    /// Starts `writers` tasks that each commit up to `batch` transitions per transaction,
+    /// each guarded by the version and by `instance`'s lease on the saga's partition.
+    pub fn spawn(pool: Pool, writers: usize, batch: usize, instance: &str) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let rx = Arc::new(Mutex::new(rx));
+        let instance: Instance = Arc::from(instance);
         for _ in 0..writers {
             let pool = pool.clone();
             let rx = rx.clone();
-            tokio::spawn(async move { write_loop(pool, rx, batch).await });
+            let instance = instance.clone();
+            tokio::spawn(async move { write_loop(pool, rx, batch, instance).await });
         }
         SnapshotWriter { pool, jobs: tx }
     }
@@ -185,7 +198,12 @@ impl SnapshotWriter {
     }
 }
 
-async fn write_loop(pool: Pool, rx: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>, batch: usize) {
+async fn write_loop(
+    pool: Pool,
+    rx: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>,
+    batch: usize,
+    instance: Instance,
+) {
     loop {
         let jobs = {
             let mut rx = rx.lock().await;
@@ -201,7 +219,7 @@ async fn write_loop(pool: Pool, rx: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>, ba
             }
             jobs
         };
-        match commit_batch(&pool, &jobs).await {
+        match commit_batch(&pool, &jobs, &instance).await {
             Err(e) if !e.is_transient() && jobs.len() > 1 => {
                 // One bad row fails the whole statement: commit each on its own so that
                 // only the culprit gets the error.
@@ -210,7 +228,7 @@ async fn write_loop(pool: Pool, rx: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>, ba
                     jobs.len()
                 );
                 for job in jobs {
-                    let result = commit_batch(&pool, std::slice::from_ref(&job)).await;
+                    let result = commit_batch(&pool, std::slice::from_ref(&job), &instance).await;
                     settle(vec![job], result);
                 }
             }
@@ -249,7 +267,7 @@ fn settle(jobs: Vec<Job>, result: Result<Vec<Uuid>, StoreError>) {
     }
 }
 
-async fn commit_batch(pool: &Pool, jobs: &[Job]) -> Result<Vec<Uuid>, StoreError> {
+async fn commit_batch(pool: &Pool, jobs: &[Job], instance: &str) -> Result<Vec<Uuid>, StoreError> {
     let n = jobs.len();
     let mut ids = Vec::with_capacity(n);
     let mut versions = Vec::with_capacity(n);
@@ -259,6 +277,8 @@ async fn commit_batch(pool: &Pool, jobs: &[Job]) -> Result<Vec<Uuid>, StoreError
     let mut events = Vec::with_capacity(n);
     let mut event_steps = Vec::with_capacity(n);
     let mut details = Vec::with_capacity(n);
+    let mut partitions = Vec::with_capacity(n);
+    let mut epochs = Vec::with_capacity(n);
     for job in jobs {
         let w = &job.write;
         ids.push(w.id);
@@ -269,6 +289,8 @@ async fn commit_batch(pool: &Pool, jobs: &[Job]) -> Result<Vec<Uuid>, StoreError
         events.push(w.record.event.as_str());
         event_steps.push(w.record.step.as_deref());
         details.push(w.record.detail.as_deref());
+        partitions.push(w.fence.partition);
+        epochs.push(w.fence.epoch);
     }
     let client = pool.get().await?;
     let stmt = client.prepare_cached(UPDATE_BATCH).await?;
@@ -285,6 +307,9 @@ async fn commit_batch(pool: &Pool, jobs: &[Job]) -> Result<Vec<Uuid>, StoreError
                 &events,
                 &event_steps,
                 &details,
+                &partitions,
+                &epochs,
+                &instance,
             ],
         )
         .await?;

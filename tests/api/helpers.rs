@@ -152,6 +152,10 @@ pub fn settings(names: &Names) -> Settings {
         shutdown_timeout_s: 1,
         passivate_after_ms: 10_000,
         admin_token: None,
+        instance_id: None,
+        partitions: 64,
+        lease_ms: 5_000,
+        lease_renew_ms: 1_000,
     };
     args.settings().expect("valid test settings")
 }
@@ -337,6 +341,7 @@ pub async fn drop_resources(names: &Names) {
                 format!("{}.dlq", names.reply_queue),
             ];
             queues.extend((1..=10).map(|i| names.queue(i)));
+            queues.extend((0..64).map(|p| format!("{}.p{p}", names.reply_queue)));
             for q in queues {
                 let _ = ch
                     .queue_delete(ShortString::from(q.as_str()), QueueDeleteOptions::default())

@@ -1,0 +1,139 @@
+//! Several instances on one database and broker: partitioned ownership.
+//!
+//! Every saga belongs to one of `partitions` partitions, derived from its id. Each
+//! partition is leased to one live instance through a row of `saga_partitions`; the
+//! lease's epoch grows at each change of hands, and every snapshot write names the epoch
+//! it was made under, so an instance that lost a partition can no longer write to it.
+//! See [`lease`] for the loop that renews, takes over and hands back partitions.
+
+pub mod lease;
+
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use uuid::Uuid;
+
+/// The partition of a saga id: bytes 2..3 XOR bytes 14..15 of the UUID, mod `n`.
+/// `saga_partition(id, n)` in `sql/0004_partitions.sql` computes the same.
+pub fn partition_of(id: &Uuid, n: u32) -> u32 {
+    let b = id.as_bytes();
+    let mixed = u16::from_be_bytes([b[2], b[3]]) ^ u16::from_be_bytes([b[14], b[15]]);
+    u32::from(mixed) % n.max(1)
+}
+
+/// The lease a write is made under: the saga's partition and the epoch held on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence {
+    /// The partition.
+    pub partition: i32,
+    /// The epoch of this instance's lease on it.
+    pub epoch: i64,
+}
+
+/// Which partitions this instance holds, and under which epochs; shared by every part.
+#[derive(Debug)]
+pub struct Ownership {
+    instance: String,
+    /// Epoch per partition; 0 when not held.
+    epochs: Vec<AtomicI64>,
+}
+
+impl Ownership {
+    /// Holds nothing yet.
+    pub fn new(instance: String, partitions: u32) -> Self {
+        Ownership {
+            instance,
+            epochs: (0..partitions.max(1)).map(|_| AtomicI64::new(0)).collect(),
+        }
+    }
+
+    /// This instance's name.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Number of partitions.
+    pub fn partitions(&self) -> u32 {
+        self.epochs.len() as u32
+    }
+
+    /// The partition of a saga.
+    pub fn partition(&self, id: &Uuid) -> u32 {
+        partition_of(id, self.partitions())
+    }
+
+    /// The epoch held on a partition, if held.
+    pub fn epoch(&self, partition: u32) -> Option<i64> {
+        let e = self.epochs.get(partition as usize)?.load(Ordering::Acquire);
+        (e > 0).then_some(e)
+    }
+
+    /// The fence of a saga's writes, if this instance holds its partition.
+    pub fn fence(&self, id: &Uuid) -> Option<Fence> {
+        let p = self.partition(id);
+        self.epoch(p).map(|epoch| Fence {
+            partition: p as i32,
+            epoch,
+        })
+    }
+
+    /// Whether this instance drives the saga.
+    pub fn owns(&self, id: &Uuid) -> bool {
+        self.fence(id).is_some()
+    }
+
+    /// Every held partition with its epoch.
+    pub fn held(&self) -> Vec<(u32, i64)> {
+        (0..self.partitions())
+            .filter_map(|p| self.epoch(p).map(|e| (p, e)))
+            .collect()
+    }
+
+    pub(crate) fn set(&self, partition: u32, epoch: i64) {
+        if let Some(slot) = self.epochs.get(partition as usize) {
+            slot.store(epoch.max(0), Ordering::Release);
+        }
+    }
+
+    pub(crate) fn clear(&self, partition: u32) {
+        self.set(partition, 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_spread_sequential_and_random_ids() {
+        let n = 64;
+        let mut seen = vec![0u32; n as usize];
+        for i in 0..6400u128 {
+            seen[partition_of(&Uuid::from_u128(i), n) as usize] += 1;
+        }
+        assert!(seen.iter().all(|&c| c == 100), "{seen:?}");
+        let mut seen = vec![0u32; n as usize];
+        for _ in 0..64_000 {
+            seen[partition_of(&Uuid::new_v4(), n) as usize] += 1;
+        }
+        assert!(seen.iter().all(|&c| (700..1300).contains(&c)), "{seen:?}");
+    }
+
+    #[test]
+    fn ownership_tracks_epochs() {
+        let o = Ownership::new("a".into(), 4);
+        let id = Uuid::from_u128(6);
+        assert_eq!(o.partition(&id), 2);
+        assert!(!o.owns(&id));
+        o.set(2, 7);
+        assert_eq!(
+            o.fence(&id),
+            Some(Fence {
+                partition: 2,
+                epoch: 7
+            })
+        );
+        assert_eq!(o.held(), vec![(2, 7)]);
+        o.clear(2);
+        assert!(o.held().is_empty());
+    }
+}
