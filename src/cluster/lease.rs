@@ -151,7 +151,7 @@ impl LeaseLoop {
         }
         self.load_taken().await?;
         self.ensure_consumers().await;
-        if self.rounds % 10 == 0 {
+        if self.rounds.is_multiple_of(10) {
             self.drive_unadvanced().await?;
         }
         self.refresh_metrics();

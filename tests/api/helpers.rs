@@ -697,6 +697,15 @@ pub fn free_port() -> u16 {
 impl ChildApp {
     /// Starts the binary for these names and waits until `/readiness` answers 200.
     pub async fn start(names: &Names, http: &reqwest::Client) -> ChildApp {
+        Self::start_with(names, http, &[]).await
+    }
+
+    /// Like [`ChildApp::start`], with more environment variables (`SAGA_INSTANCE_ID`, ...).
+    pub async fn start_with(
+        names: &Names,
+        http: &reqwest::Client,
+        env: &[(&str, &str)],
+    ) -> ChildApp {
         let port = free_port();
         let log = std::fs::File::create(
             std::env::temp_dir().join(format!("{}-{port}.log", names.prefix)),
@@ -711,6 +720,7 @@ impl ChildApp {
             .env("SAGA_REPLY_QUEUE", &names.reply_queue)
             .env("SAGA_HTTP_WORKERS", "1")
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()
