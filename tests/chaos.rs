@@ -514,12 +514,7 @@ async fn several_instances(sagas: usize) {
     }
     let run_ref = &run;
     let instance = |name: &'static str| async move {
-        ChildApp::start_with(
-            &run_ref.names,
-            &run_ref.http,
-            &[("SAGA_INSTANCE_ID", name)],
-        )
-        .await
+        ChildApp::start_with(&run_ref.names, &run_ref.http, &[("SAGA_INSTANCE_ID", name)]).await
     };
     let mut apps = vec![
         Some(instance("i1").await),

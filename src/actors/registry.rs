@@ -168,6 +168,7 @@ impl Registry {
                     let route = match loaded {
                         Err(StoreError::NotOwner(_)) => {
                             act.sagas.remove(&saga_id);
+                            act.env.ownership.recheck();
                             Err(DeliverError::NotOwner(
                                 act.env.ownership.partition(&saga_id),
                             ))
@@ -424,6 +425,7 @@ impl Registry {
                             "saga={saga_id} step=- its partition changed hands; dropped here"
                         );
                         act.sagas.remove(&saga_id);
+                        act.env.ownership.recheck();
                     }
                     Ok(Some(state)) if !state.status.is_terminal() => match act.live(&saga_id) {
                         Some(addr) if resume_live => addr.do_send(ResumeSaga),

@@ -89,8 +89,11 @@ impl LeaseLoop {
                     failing = true;
                 }
             }
-            // The loop's period, not a synchronisation.
-            tokio::time::sleep(self.settings.renew_every).await;
+            // The loop's period (or sooner when a fenced write was refused).
+            tokio::select! {
+                _ = tokio::time::sleep(self.settings.renew_every) => {}
+                _ = self.env.ownership.recheck_asked() => {}
+            }
         }
     }
 

@@ -35,6 +35,8 @@ pub struct Ownership {
     instance: String,
     /// Epoch per partition; 0 when not held.
     epochs: Vec<AtomicI64>,
+    /// Wakes the lease loop early: the database refused this instance as a partition's owner.
+    recheck: tokio::sync::Notify,
 }
 
 impl Ownership {
@@ -43,6 +45,7 @@ impl Ownership {
         Ownership {
             instance,
             epochs: (0..partitions.max(1)).map(|_| AtomicI64::new(0)).collect(),
+            recheck: tokio::sync::Notify::new(),
         }
     }
 
@@ -86,6 +89,17 @@ impl Ownership {
         (0..self.partitions())
             .filter_map(|p| self.epoch(p).map(|e| (p, e)))
             .collect()
+    }
+
+    /// Asks the lease loop to check the leases now, not at its next round: a fenced read or
+    /// write found that a partition changed hands.
+    pub fn recheck(&self) {
+        self.recheck.notify_one();
+    }
+
+    /// Resolves when [`Ownership::recheck`] was called.
+    pub async fn recheck_asked(&self) {
+        self.recheck.notified().await;
     }
 
     pub(crate) fn set(&self, partition: u32, epoch: i64) {

@@ -4,6 +4,7 @@ mod helpers;
 
 mod hostile;
 
+mod cluster;
 mod compensation;
 mod completion;
 mod http_api;
