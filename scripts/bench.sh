@@ -3,7 +3,7 @@
 # orchestrator and stub participants against the local PostgreSQL and RabbitMQ,
 # runs every workload with saga-bench, and prints one line per run plus medians.
 # Knobs: BENCH_RUNS (3), BENCH_SAGAS (20000), BENCH_IDLE_SAGAS (100000), BENCH_PORT (3100),
-# BENCH_ONLY (space-separated subset of: classic quorum steps10 payload rehydrate).
+# BENCH_ONLY (space-separated subset of: classic quorum steps10 payload rehydrate instances).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -12,7 +12,7 @@ PORT=${BENCH_PORT:-3100}
 RUNS=${BENCH_RUNS:-3}
 SAGAS=${BENCH_SAGAS:-20000}
 IDLE=${BENCH_IDLE_SAGAS:-100000}
-ONLY=${BENCH_ONLY:-classic quorum steps10 payload rehydrate}
+ONLY=${BENCH_ONLY:-classic quorum steps10 payload rehydrate instances}
 ADMIN=${SAGA_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 DB=saga_bench
 DB_URL="${ADMIN%/*}/$DB"
@@ -23,14 +23,19 @@ mkdir -p "$OUT"
 : > "$RESULTS"
 
 SVC_PID=""
+SVC_PIDS=()
 STUB_PIDS=()
 
 stop_stack() {
-    for p in "${STUB_PIDS[@]}" $SVC_PID; do kill "$p" 2>/dev/null || true; done
-    for p in "${STUB_PIDS[@]}" $SVC_PID; do wait "$p" 2>/dev/null || true; done
+    for p in "${STUB_PIDS[@]}" "${SVC_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${STUB_PIDS[@]}" "${SVC_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
     STUB_PIDS=()
+    SVC_PIDS=()
     SVC_PID=""
 }
+
+# Queues the orchestrator declares under bench.responses: its DLQ and 64 partition queues.
+reply_queues() { echo bench.responses bench.responses.dlq; seq -f 'bench.responses.p%g' 0 63; }
 trap stop_stack EXIT
 
 wants() { [[ " $ONLY " == *" $1 "* ]]; }
@@ -47,19 +52,21 @@ write_definitions() {
     } > "$DEFS"
 }
 
-wait_ready() {
+wait_ready() { # $1 instance index (default 0)
     local deadline=$((SECONDS + 120))
-    until curl -fs "http://127.0.0.1:$PORT/readiness" >/dev/null 2>&1; do
+    until curl -fs "http://127.0.0.1:$((PORT + ${1:-0}))/readiness" >/dev/null 2>&1; do
         if ((SECONDS > deadline)); then echo "bench: orchestrator not ready" >&2; exit 1; fi
         sleep 0.05
     done
 }
 
-start_orchestrator() { # $1 queue type
-    SAGA_DATABASE_URL=$DB_URL SAGA_HTTP_ADDR=127.0.0.1:$PORT SAGA_DEFINITIONS=$DEFS \
-        SAGA_REPLY_QUEUE=bench.responses SAGA_QUEUE_TYPE=$1 RUST_LOG=warn \
-        "$BIN/saga-service" serve >> "$OUT/orchestrator.log" 2>&1 &
-    SVC_PID=$!
+start_orchestrator() { # $1 queue type, $2 instance index (default 0): port PORT + index
+    local idx=${2:-0}
+    SAGA_DATABASE_URL=$DB_URL SAGA_HTTP_ADDR=127.0.0.1:$((PORT + idx)) SAGA_DEFINITIONS=$DEFS \
+        SAGA_REPLY_QUEUE=bench.responses SAGA_QUEUE_TYPE=$1 SAGA_INSTANCE_ID="bench-$idx" \
+        RUST_LOG=warn "$BIN/saga-service" serve >> "$OUT/orchestrator.log" 2>&1 &
+    SVC_PIDS+=($!)
+    SVC_PID=${SVC_PIDS[0]}
 }
 
 start_stubs() { # $1 first step, $2 last step
@@ -74,7 +81,7 @@ start_stubs() { # $1 first step, $2 last step
 fresh_stack() { # $1 queue type, $2 steps, $3 first stubbed step (default 1)
     stop_stack
     psql "$ADMIN" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB" >/dev/null
-    for q in bench.responses bench.responses.dlq $(seq -f 'bench.c%g' 1 10); do
+    for q in $(reply_queues) $(seq -f 'bench.c%g' 1 10); do
         rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true
     done
     write_definitions "$2"
@@ -143,8 +150,28 @@ if wants rehydrate; then
     t2=$(date +%s.%N)
     echo "rehydrate: $IDLE sagas, ready after $(echo "$t1 - $t0" | bc) s, every pending command re-sent and confirmed after $(echo "$t2 - $t0" | bc) s, RSS $(rss_kib "$SVC_PID") KiB" | tee -a "$RESULTS"
 fi
+if wants instances; then
+    # 1, 2 and 3 instances on one database and broker; starts spread round-robin over them.
+    for k in 1 2 3; do
+        fresh_stack classic 3
+        urls="http://127.0.0.1:$PORT"
+        for idx in $(seq 1 $((k - 1))); do
+            start_orchestrator classic "$idx"
+            wait_ready "$idx"
+            urls="$urls,http://127.0.0.1:$((PORT + idx))"
+        done
+        # Wait until the 64 partitions are spread over all k instances.
+        deadline=$((SECONDS + 60))
+        until [ "$(psql "$DB_URL" -tAc "SELECT count(DISTINCT owner) FROM saga_partitions WHERE expires_at > now()")" = "$k" ]; do
+            ((SECONDS < deadline)) || { echo "bench: partitions not spread over $k instances" >&2; break; }
+            sleep 0.2
+        done
+        bench warmup 3 --sagas 2000 --concurrency 200 --url "$urls" >/dev/null
+        for _ in $(seq "$RUNS"); do bench "instances-$k" 3 --sagas "$SAGAS" --concurrency 1000 --url "$urls"; done
+    done
+fi
 stop_stack
-for q in bench.responses bench.responses.dlq $(seq -f 'bench.c%g' 1 10); do rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true; done
+for q in $(reply_queues) $(seq -f 'bench.c%g' 1 10); do rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true; done
 psql "$ADMIN" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null
 
 echo "bench: medians (sagas/s, p50 ms, p99 ms, transitions/s) per label"

@@ -43,11 +43,11 @@ pub struct ReleasePartitions(pub Vec<u32>);
 #[rtype(result = "()")]
 pub struct Relinquish;
 
-/// Applies an event to one saga (with an operator's note for the history row): the saga
-/// actor commits the transition, then acts on it.
+/// Applies an event to one saga (with an operator's note and the cause's `traceparent`
+/// for the history row): the saga actor commits the transition, then acts on it.
 #[derive(Message)]
 #[rtype(result = "Result<Applied, DeliverError>")]
-pub struct ApplyEvent(pub Event, pub Option<String>);
+pub struct ApplyEvent(pub Event, pub Option<String>, pub Option<String>);
 
 /// Asks the registry to route an event to a saga, loading the saga if it is not in memory.
 #[derive(Message)]
@@ -59,6 +59,8 @@ pub struct DeliverEvent {
     pub event: Event,
     /// Who asked and why (operator actions), recorded in the history row.
     pub note: Option<String>,
+    /// The `traceparent` of the reply, recorded in the history row.
+    pub trace: Option<String>,
 }
 
 /// Asks the registry to spawn the actor of a saga whose start was just committed.

@@ -136,6 +136,7 @@ impl Registry {
                     attempt: w.attempt,
                 },
                 note: None,
+                trace: None,
             });
             ctx.spawn(deliver.into_actor(self).map(move |res, act, _ctx| {
                 let failed = match res {
@@ -159,6 +160,7 @@ impl Registry {
         saga_id: Uuid,
         event: Event,
         note: Option<String>,
+        trace: Option<String>,
         how: Revive,
     ) -> ResponseActFuture<Self, Result<Applied, DeliverError>> {
         let load = self.load_owned(saga_id);
@@ -192,7 +194,7 @@ impl Registry {
                     let fut: ResponseActFuture<Self, Result<Applied, DeliverError>> = match route {
                         Ok(Some(addr)) => Box::pin(
                             async move {
-                                match addr.send(ApplyEvent(event, note)).await {
+                                match addr.send(ApplyEvent(event, note, trace)).await {
                                     Ok(applied) => applied,
                                     Err(_) => Err(DeliverError::ActorGone),
                                 }
@@ -281,7 +283,13 @@ impl Handler<RehydrateSagas> for Registry {
                         if let Some((queue, body)) =
                             encode_command(&state, &def, step, action, &command_id, attempt)
                         {
-                            resends.push((queue, command_id, action, body));
+                            resends.push((
+                                queue,
+                                command_id,
+                                action,
+                                body,
+                                state.traceparent.clone(),
+                            ));
                         }
                     }
                     Effect::ArmTimer {
@@ -303,32 +311,43 @@ impl Handler<RehydrateSagas> for Registry {
         let env = self.env.clone();
         actix::spawn(async move {
             futures_util::stream::iter(resends)
-                .for_each_concurrent(RESEND_CONCURRENCY, |(queue, command_id, action, body)| {
-                    let env = env.clone();
-                    async move {
-                        env.metrics
-                            .commands
-                            .with_label_values(&[action.as_str(), "rehydrate"])
-                            .inc();
-                        for retry in 0..30u32 {
-                            match env
-                                .broker
-                                .send_command(&queue, &command_id, action.as_str(), &body)
-                                .await
-                            {
-                                Ok(()) => {
-                                    env.metrics.commands_confirmed.inc();
-                                    return;
-                                }
-                                // The saga's time-out re-sends it anyway if this keeps failing.
-                                Err(_) => {
-                                    tokio::time::sleep(Duration::from_millis(200 << retry.min(4)))
+                .for_each_concurrent(
+                    RESEND_CONCURRENCY,
+                    |(queue, command_id, action, body, trace)| {
+                        let env = env.clone();
+                        async move {
+                            env.metrics
+                                .commands
+                                .with_label_values(&[action.as_str(), "rehydrate"])
+                                .inc();
+                            for retry in 0..30u32 {
+                                match env
+                                    .broker
+                                    .send_command(
+                                        &queue,
+                                        &command_id,
+                                        action.as_str(),
+                                        &body,
+                                        trace.as_deref(),
+                                    )
+                                    .await
+                                {
+                                    Ok(()) => {
+                                        env.metrics.commands_confirmed.inc();
+                                        return;
+                                    }
+                                    // The saga's time-out re-sends it anyway if this keeps failing.
+                                    Err(_) => {
+                                        tokio::time::sleep(Duration::from_millis(
+                                            200 << retry.min(4),
+                                        ))
                                         .await
+                                    }
                                 }
                             }
                         }
-                    }
-                })
+                    },
+                )
                 .await;
         });
         n
@@ -343,6 +362,7 @@ impl Handler<DeliverEvent> for Registry {
             saga_id,
             event,
             note,
+            trace,
         } = msg;
         if !self.env.ownership.owns(&saga_id) {
             let partition = self.env.ownership.partition(&saga_id);
@@ -350,9 +370,9 @@ impl Handler<DeliverEvent> for Registry {
         }
         if let Some(addr) = self.live(&saga_id) {
             let fut = async move {
-                addr.send(ApplyEvent(event.clone(), note.clone()))
+                addr.send(ApplyEvent(event.clone(), note.clone(), trace.clone()))
                     .await
-                    .map_err(|_| (event, note))
+                    .map_err(|_| (event, note, trace))
             };
             return Box::pin(fut.into_actor(self).then(move |res, act, _ctx| {
                 let fut: ResponseActFuture<Self, Result<Applied, DeliverError>> = match res {
@@ -360,7 +380,9 @@ impl Handler<DeliverEvent> for Registry {
                     // The actor stopped (finished, passivated, reloading) before taking it: look again.
                     // Resume, not reactivate: it may have stopped after a failed commit, with
                     // its command unsent and its timer gone. A re-send is harmless.
-                    Err((event, note)) => act.load_and_apply(saga_id, event, note, Revive::Resume),
+                    Err((event, note, trace)) => {
+                        act.load_and_apply(saga_id, event, note, trace, Revive::Resume)
+                    }
                 };
                 fut
             }));
@@ -370,7 +392,7 @@ impl Handler<DeliverEvent> for Registry {
         } else {
             Revive::Resume
         };
-        self.load_and_apply(saga_id, event, note, how)
+        self.load_and_apply(saga_id, event, note, trace, how)
     }
 }
 

@@ -105,6 +105,7 @@ async fn control(
             saga_id: c.saga_id,
             event,
             note: c.note,
+            trace: None,
         })
         .await;
     match answer {
@@ -158,6 +159,7 @@ impl StreamHandler<ReplyDelivery> for ReplyConsumer {
                             saga_id,
                             event,
                             note: None,
+                            trace: delivery.traceparent(),
                         })
                         .await
                     {

@@ -158,6 +158,7 @@ impl SagaActor {
                                 attempt,
                             },
                             None,
+                            None,
                         ));
                     });
                     self.timer = Some(handle);
@@ -194,13 +195,14 @@ impl SagaActor {
             .with_label_values(&[action.as_str(), kind])
             .inc();
         let cid = command_id.clone();
+        let trace = self.state.traceparent.clone();
         self.publishing += 1;
         self.sent_at = Some(Instant::now());
         let metrics = self.env.metrics.clone();
         let fut = async move {
             let started = Instant::now();
             let sent = broker
-                .send_command(&queue, &cid, action.as_str(), &bytes)
+                .send_command(&queue, &cid, action.as_str(), &bytes, trace.as_deref())
                 .await;
             if sent.is_ok() {
                 metrics.commands_confirmed.inc();
@@ -409,11 +411,12 @@ impl Handler<ApplyEvent> for SagaActor {
                 partition,
             )))));
         };
-        let write =
+        let mut write =
             match SnapshotWrite::new(&transition.state, step, transition.record.clone(), fence) {
                 Ok(w) => w,
                 Err(e) => return AtomicResponse::new(Box::pin(fut::ready(Err(e.into())))),
             };
+        write.traceparent = msg.2;
         let env = self.env.clone();
         let fut = save_durably(env, Arc::new(write))
             .into_actor(self)

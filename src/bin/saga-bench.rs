@@ -30,9 +30,10 @@ enum Workload {
 #[derive(Parser)]
 #[command(name = "saga-bench", version)]
 struct Args {
-    /// Orchestrator base URL.
-    #[arg(long, default_value = "http://127.0.0.1:3000")]
-    url: String,
+    /// Orchestrator base URL; several, comma-separated, spread the starts round-robin
+    /// over instances of one database.
+    #[arg(long, default_value = "http://127.0.0.1:3000", value_delimiter = ',')]
+    url: Vec<String>,
     /// RabbitMQ URL (to observe saga.events).
     #[arg(
         long,
@@ -225,7 +226,8 @@ async fn main() -> anyhow::Result<()> {
             }
             let t0 = Instant::now();
             let body = json!({"saga_id": id, "saga": args.saga, "payload": payload_for(&args, i)});
-            let ok = matches!(http.post(format!("{}/start", args.url)).json(&body).send().await, Ok(r) if r.status() == 200);
+            let base = &args.url[i % args.url.len().max(1)];
+            let ok = matches!(http.post(format!("{base}/start")).json(&body).send().await, Ok(r) if r.status() == 200);
             if !ok {
                 failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return drop(permit);

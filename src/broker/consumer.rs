@@ -37,6 +37,20 @@ impl ReplyDelivery {
             .is_some_and(|k| k.as_str() == super::CONTROL_TYPE)
     }
 
+    /// A valid W3C `traceparent` header, if the participant sent one.
+    pub fn traceparent(&self) -> Option<String> {
+        let headers = self.inner.properties.headers().as_ref()?;
+        let value = headers.inner().get(super::TRACEPARENT)?;
+        let text = match value {
+            lapin::types::AMQPValue::LongString(s) => {
+                String::from_utf8_lossy(s.as_bytes()).into_owned()
+            }
+            lapin::types::AMQPValue::ShortString(s) => s.as_str().to_string(),
+            _ => return None,
+        };
+        crate::domain::trace::parse_traceparent(&text)
+    }
+
     /// Its properties (kept when dead-lettering).
     pub fn properties(&self) -> &BasicProperties {
         &self.inner.properties

@@ -11,6 +11,9 @@ pub use consumer::{ReplyDelivery, ReplyStream};
 /// AMQP `type` of the hand-overs one instance sends another on a partition queue.
 pub const CONTROL_TYPE: &str = "saga.control";
 
+/// AMQP header carrying the W3C trace context on commands and replies.
+pub const TRACEPARENT: &str = "traceparent";
+
 /// Name of the topic exchange lifecycle events go to.
 pub const EVENTS_EXCHANGE: &str = "saga.events";
 

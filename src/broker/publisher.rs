@@ -34,20 +34,30 @@ impl Broker {
         }
     }
 
-    /// Sends a command to a participant's queue; resolves once the broker confirmed it.
+    /// Sends a command to a participant's queue, with the saga's `traceparent` header if it
+    /// has one; resolves once the broker confirmed it.
     pub async fn send_command(
         &self,
         queue: &str,
         command_id: &str,
         action: &str,
         body: &[u8],
+        traceparent: Option<&str>,
     ) -> Result<(), BrokerError> {
-        let props = BasicProperties::default()
+        let mut props = BasicProperties::default()
             .with_message_id(ShortString::from(command_id))
             .with_correlation_id(ShortString::from(command_id))
             .with_reply_to(ShortString::from(self.topology.reply_queue.as_str()))
             .with_type(ShortString::from(action))
             .with_content_type(ShortString::from("application/json"));
+        if let Some(tp) = traceparent {
+            let mut headers = lapin::types::FieldTable::default();
+            headers.insert(
+                ShortString::from(super::TRACEPARENT),
+                AMQPValue::LongString(LongString::from(tp)),
+            );
+            props = props.with_headers(headers);
+        }
         self.publish("", queue, body, props).await
     }
 

@@ -2,6 +2,7 @@
 
 pub mod definition;
 pub mod saga_id;
+pub mod trace;
 
 pub use definition::{load_definitions, SagaDefinition, StepDefinition};
 pub use saga_id::SagaId;

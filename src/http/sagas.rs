@@ -200,6 +200,7 @@ async fn operator(
             saga_id: id.0,
             event: event.clone(),
             note: note.clone(),
+            trace: None,
         })
         .await
         .map_err(|e| ApiError::Internal(format!("registry unreachable: {e}")))?;

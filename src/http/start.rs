@@ -146,6 +146,14 @@ pub async fn start(
     }
     let mut transition = saga::start(&def, request.saga_id.0, request.payload);
     transition.state.started_at_ms = Some(chrono::Utc::now().timestamp_millis());
+    // The caller's trace (W3C trace context), or a new one: every command carries it.
+    let traceparent = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::domain::trace::parse_traceparent)
+        .unwrap_or_else(crate::domain::trace::new_traceparent);
+    transition.state.traceparent = Some(traceparent);
     let code = request.saga_id.code();
     match core
         .env

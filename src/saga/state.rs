@@ -164,6 +164,10 @@ pub struct SagaState {
     /// When the saga started (milliseconds since the epoch), set by the I/O layer; for metrics.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at_ms: Option<i64>,
+    /// W3C `traceparent` of the request that started it, set by the I/O layer; carried as
+    /// an AMQP header on every command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl SagaState {

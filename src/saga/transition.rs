@@ -67,6 +67,7 @@ pub fn start(def: &SagaDefinition, saga_id: Uuid, payload: Value) -> Transition 
         pending: None,
         to_compensate: Vec::new(),
         started_at_ms: None,
+        traceparent: None,
     };
     let mut effects = Vec::new();
     send(&mut state, def, 0, StepAction::Execute, 1, &mut effects);

@@ -22,6 +22,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0004_partitions.sql",
         include_str!("../../sql/0004_partitions.sql"),
     ),
+    (
+        5,
+        "0005_traceparent.sql",
+        include_str!("../../sql/0005_traceparent.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serialises concurrent migrators.

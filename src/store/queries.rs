@@ -123,6 +123,9 @@ pub struct HistoryRow {
     /// Error text or reason.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// W3C `traceparent` of the message that caused it (the start request, a reply).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
     /// When it was committed.
     pub at: DateTime<Utc>,
 }
@@ -227,7 +230,7 @@ pub async fn view(pool: &Pool, id: Uuid) -> Result<Option<SagaView>, StoreError>
     };
     let history = client
         .query(
-            "SELECT version, event, step, status, detail, at FROM saga_events WHERE saga_id = $1 ORDER BY version",
+            "SELECT version, event, step, status, detail, at, traceparent FROM saga_events WHERE saga_id = $1 ORDER BY version",
             &[&id],
         )
         .await?
@@ -239,6 +242,7 @@ pub async fn view(pool: &Pool, id: Uuid) -> Result<Option<SagaView>, StoreError>
             status: r.get(3),
             detail: r.get(4),
             at: r.get(5),
+            traceparent: r.get(6),
         })
         .collect();
     let quarantined = client

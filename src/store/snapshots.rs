@@ -33,6 +33,8 @@ pub struct SnapshotWrite {
     pub record: Record,
     /// The lease it is written under: refused once that lease has changed hands.
     pub fence: Fence,
+    /// The `traceparent` of the message that caused it, for the history row.
+    pub traceparent: Option<String>,
 }
 
 impl SnapshotWrite {
@@ -52,6 +54,7 @@ impl SnapshotWrite {
             state: json,
             record,
             fence,
+            traceparent: None,
         })
     }
 }
@@ -94,8 +97,9 @@ pub struct StartConflict {
 const UPDATE_BATCH: &str = "
 WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::jsonb[],
-                         $6::text[], $7::text[], $8::text[], $9::int[], $10::bigint[])
-        AS t(id, version, status, step, state, event, event_step, detail, part, epoch)
+                         $6::text[], $7::text[], $8::text[], $9::int[], $10::bigint[],
+                         $12::text[])
+        AS t(id, version, status, step, state, event, event_step, detail, part, epoch, trace)
 ), upd AS (
     UPDATE sagas s
        SET version = i.version, status = i.status, step = i.step, state = i.state, updated_at = now()
@@ -105,8 +109,8 @@ WITH input AS (
                     WHERE p.partition = i.part AND p.epoch = i.epoch AND p.owner = $11)
     RETURNING s.id
 ), ev AS (
-    INSERT INTO saga_events (saga_id, version, event, step, status, detail)
-    SELECT i.id, i.version, i.event, i.event_step, i.status, i.detail
+    INSERT INTO saga_events (saga_id, version, event, step, status, detail, traceparent)
+    SELECT i.id, i.version, i.event, i.event_step, i.status, i.detail, i.trace
       FROM input i JOIN upd u ON u.id = i.id
 )
 SELECT id FROM upd";
@@ -118,8 +122,8 @@ WITH ins AS (
     ON CONFLICT (id) DO NOTHING
     RETURNING id
 ), ev AS (
-    INSERT INTO saga_events (saga_id, version, event, step, status)
-    SELECT id, 1, $8, $5, $4 FROM ins
+    INSERT INTO saga_events (saga_id, version, event, step, status, traceparent)
+    SELECT id, 1, $8, $5, $4, $9 FROM ins
 )
 SELECT count(*) FROM ins";
 
@@ -174,6 +178,7 @@ impl SnapshotWriter {
                     &state.payload,
                     &json,
                     &record.event,
+                    &state.traceparent,
                 ],
             )
             .await?;
@@ -279,6 +284,7 @@ async fn commit_batch(pool: &Pool, jobs: &[Job], instance: &str) -> Result<Vec<U
     let mut details = Vec::with_capacity(n);
     let mut partitions = Vec::with_capacity(n);
     let mut epochs = Vec::with_capacity(n);
+    let mut traces = Vec::with_capacity(n);
     for job in jobs {
         let w = &job.write;
         ids.push(w.id);
@@ -291,6 +297,7 @@ async fn commit_batch(pool: &Pool, jobs: &[Job], instance: &str) -> Result<Vec<U
         details.push(w.record.detail.as_deref());
         partitions.push(w.fence.partition);
         epochs.push(w.fence.epoch);
+        traces.push(w.traceparent.as_deref());
     }
     let client = pool.get().await?;
     let stmt = client.prepare_cached(UPDATE_BATCH).await?;
@@ -310,6 +317,7 @@ async fn commit_batch(pool: &Pool, jobs: &[Job], instance: &str) -> Result<Vec<U
                 &partitions,
                 &epochs,
                 &instance,
+                &traces,
             ],
         )
         .await?;

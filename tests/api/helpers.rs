@@ -370,6 +370,17 @@ pub struct Received {
     pub content_type: Option<String>,
     /// AMQP delivery mode.
     pub delivery_mode: Option<u8>,
+    /// The `traceparent` header.
+    pub traceparent: Option<String>,
+}
+
+/// The span id participants put in the `traceparent` of their replies.
+pub const PARTICIPANT_SPAN: &str = "1a2b3c4d5e6f7081";
+
+/// The `traceparent` a participant replies with: the command's trace, its own span.
+pub fn child_traceparent(parent: &str) -> Option<String> {
+    let trace_id = parent.split('-').nth(1)?;
+    Some(format!("00-{trace_id}-{PARTICIPANT_SPAN}-01"))
 }
 
 impl Received {
@@ -464,6 +475,14 @@ impl Participants {
                         kind: s(p.kind()),
                         content_type: s(p.content_type()),
                         delivery_mode: *p.delivery_mode(),
+                        traceparent: p.headers().as_ref().and_then(|h| {
+                            match h.inner().get("traceparent") {
+                                Some(lapin::types::AMQPValue::LongString(s)) => {
+                                    Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                                }
+                                _ => None,
+                            }
+                        }),
                     };
                     if let Ok(mut l) = log.lock() {
                         l.push(rec.clone());
@@ -479,8 +498,9 @@ impl Participants {
                         Answer::Silent => None,
                     };
                     if let (Some(reply), Some(to)) = (reply, rec.reply_to.clone()) {
+                        let trace = rec.traceparent.as_deref().and_then(child_traceparent);
                         let _ =
-                            publish_raw(&publish, &to, reply.to_string().as_bytes(), None).await;
+                            publish_reply(&publish, &to, reply.to_string().as_bytes(), trace).await;
                     }
                     let _ = d.ack(BasicAckOptions::default()).await;
                 }
@@ -516,6 +536,33 @@ impl Participants {
     pub async fn close(self) {
         let _ = self.conn.close(200, ShortString::from("bye")).await;
     }
+}
+
+/// Publishes a reply (persistent) with a `traceparent` header, if given.
+pub async fn publish_reply(
+    ch: &Channel,
+    queue: &str,
+    body: &[u8],
+    traceparent: Option<String>,
+) -> bool {
+    let mut props = BasicProperties::default().with_delivery_mode(2);
+    if let Some(tp) = traceparent {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            ShortString::from("traceparent"),
+            lapin::types::AMQPValue::LongString(tp.into()),
+        );
+        props = props.with_headers(headers);
+    }
+    ch.basic_publish(
+        ShortString::from(""),
+        ShortString::from(queue),
+        BasicPublishOptions::default(),
+        body,
+        props,
+    )
+    .await
+    .is_ok()
 }
 
 /// Publishes a raw reply body (persistent) to a queue on the default exchange.

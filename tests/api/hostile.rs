@@ -22,7 +22,9 @@ async fn ten_thousand_concurrent_starts_of_one_saga_id_store_one_saga_and_answer
                     Ok(r) => {
                         let status = r.status().as_u16();
                         let v: serde_json::Value = r.json().await.unwrap_or_default();
-                        (status, v["code"].as_str().unwrap_or_default().to_string())
+                        // The code, or the error text when there is none.
+                        let text = v["code"].as_str().or(v["error"].as_str());
+                        (status, text.unwrap_or_default().to_string())
                     }
                     Err(e) => (0, e.to_string()),
                 }

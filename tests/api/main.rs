@@ -15,3 +15,4 @@ mod passivation;
 mod quarantine;
 mod replies;
 mod restart;
+mod trace;
