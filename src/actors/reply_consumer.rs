@@ -194,7 +194,12 @@ impl StreamHandler<ReplyDelivery> for ReplyConsumer {
     }
 
     fn finished(&mut self, ctx: &mut Self::Context) {
-        log::warn!("reply stream ended; the connection will be re-established");
+        match self.source {
+            // Cancelled (the partition changed hands) or its channel closed: the lease loop
+            // consumes it again on the next connection while the partition is held.
+            Some(p) => log::debug!("consumer of partition {p} stopped"),
+            None => log::warn!("reply stream ended; the connection will be re-established"),
+        }
         ctx.stop();
     }
 }
