@@ -286,6 +286,15 @@ impl Drop for Run {
     }
 }
 
+/// A seed for [`Rng`] from the clock (printed by each test, so a run can be replayed).
+fn seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(7)
+        | 1
+}
+
 /// A tiny deterministic PRNG (xorshift) so a failing run can be replayed.
 struct Rng(u64);
 impl Rng {
@@ -305,11 +314,7 @@ async fn crash_loop(sagas: usize, kills: usize) {
     let _guard = ServicesGuard;
     // Participants answer after 10 ms so that many sagas are in flight at each kill.
     let run = Run::new(10).await;
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(7)
-        | 1;
+    let seed = seed();
     println!("crash loop seed {seed}");
     let mut rng = Rng(seed);
     let mut fails = BTreeMap::new();
@@ -477,19 +482,6 @@ async fn sigterm_exits_0_promptly_and_a_restart_continues_every_saga() {
     run.check_effects(&BTreeMap::new()).await;
 }
 
-/// Who holds each partition, read from `saga_partitions`: (owner, count), live leases only.
-async fn lease_holders(names: &Names) -> BTreeMap<String, i64> {
-    let db = db(names).await;
-    db.query(
-        "SELECT owner, count(*) FROM saga_partitions
-          WHERE owner IS NOT NULL AND expires_at > now() GROUP BY owner",
-        &[],
-    )
-    .await
-    .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-    .unwrap_or_default()
-}
-
 /// Three instances on one database and broker, sagas started on all of them, participants
 /// failing 10% of sagas; one instance is killed with -9 a third of the way in, a fourth
 /// joins two thirds of the way in. Every saga must end completed or compensated, each
@@ -498,11 +490,7 @@ async fn several_instances(sagas: usize) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let _guard = ServicesGuard;
     let run = Run::new(10).await;
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(7)
-        | 1;
+    let seed = seed();
     println!("several instances seed {seed}");
     let mut rng = Rng(seed);
     let ids: Vec<Uuid> = (0..sagas).map(|_| Uuid::new_v4()).collect();

@@ -9,20 +9,6 @@ use uuid::Uuid;
 
 use crate::helpers::*;
 
-/// Partitions held per instance, from `saga_partitions` (live leases).
-async fn holders(names: &Names) -> std::collections::BTreeMap<String, i64> {
-    db(names)
-        .await
-        .query(
-            "SELECT owner, count(*) FROM saga_partitions
-              WHERE owner IS NOT NULL AND expires_at > now() GROUP BY owner",
-            &[],
-        )
-        .await
-        .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-        .unwrap_or_default()
-}
-
 /// A fresh saga id whose partition (of 64) `owner` holds, read from the database.
 async fn id_held_by(names: &Names, owner: &str) -> Uuid {
     let db = db(names).await;
@@ -164,14 +150,14 @@ async fn any_instance_starts_shows_and_aborts_any_saga_and_the_owner_drives_it()
     })
     .await;
     let split = wait_until(Duration::from_secs(20), || async {
-        let h = holders(&names).await;
+        let h = lease_holders(&names).await;
         h.len() == 2 && h.values().all(|&n| n == 32)
     })
     .await;
     assert!(
         split,
         "two instances hold 32 partitions each: {:?}",
-        holders(&names).await
+        lease_holders(&names).await
     );
     // A saga of the second instance's partitions, started on the first.
     let id = id_held_by(&names, "second").await;

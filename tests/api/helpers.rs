@@ -545,7 +545,7 @@ pub async fn publish_reply(
     body: &[u8],
     traceparent: Option<String>,
 ) -> bool {
-    let mut props = BasicProperties::default().with_delivery_mode(2);
+    let mut props = BasicProperties::default();
     if let Some(tp) = traceparent {
         let mut headers = FieldTable::default();
         headers.insert(
@@ -554,15 +554,7 @@ pub async fn publish_reply(
         );
         props = props.with_headers(headers);
     }
-    ch.basic_publish(
-        ShortString::from(""),
-        ShortString::from(queue),
-        BasicPublishOptions::default(),
-        body,
-        props,
-    )
-    .await
-    .is_ok()
+    publish(ch, queue, body, props).await
 }
 
 /// Publishes a raw reply body (persistent) to a queue on the default exchange.
@@ -572,23 +564,42 @@ pub async fn publish_raw(
     body: &[u8],
     correlation_id: Option<&str>,
 ) -> bool {
-    let mut props = BasicProperties::default().with_delivery_mode(2);
+    let mut props = BasicProperties::default();
     if let Some(c) = correlation_id {
         props = props.with_correlation_id(ShortString::from(c));
     }
+    publish(ch, queue, body, props).await
+}
+
+/// Publishes persistently on the default exchange; true once the broker took it.
+async fn publish(ch: &Channel, queue: &str, body: &[u8], props: BasicProperties) -> bool {
     match ch
         .basic_publish(
             ShortString::from(""),
             ShortString::from(queue),
             BasicPublishOptions::default(),
             body,
-            props,
+            props.with_delivery_mode(2),
         )
         .await
     {
         Ok(confirm) => confirm.await.is_ok(),
         Err(_) => false,
     }
+}
+
+/// Partitions held per instance, from `saga_partitions` (live leases only).
+pub async fn lease_holders(names: &Names) -> std::collections::BTreeMap<String, i64> {
+    db(names)
+        .await
+        .query(
+            "SELECT owner, count(*) FROM saga_partitions
+              WHERE owner IS NOT NULL AND expires_at > now() GROUP BY owner",
+            &[],
+        )
+        .await
+        .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        .unwrap_or_default()
 }
 
 /// Collects lifecycle events of one saga type from `saga.events`.
