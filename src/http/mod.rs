@@ -7,6 +7,7 @@ mod health;
 mod sagas;
 mod start;
 mod timeline;
+mod ui;
 
 use actix_web::web;
 
@@ -23,6 +24,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/liveness", web::get().to(health::liveness))
         .route("/readiness", web::get().to(health::readiness))
         .route("/metrics", web::get().to(health::metrics))
+        .configure(ui::routes)
         .default_service(web::to(not_found));
 }
 
