@@ -14,3 +14,4 @@ mod passivation;
 mod quarantine;
 mod replies;
 mod restart;
+mod ui;
