@@ -351,6 +351,7 @@ fn status_is(status: &str) -> String {
 
 #[actix_web::test]
 async fn the_saga_browser_lists_finds_shows_and_aborts_sagas_in_headless_chromium() {
+    browser_paths(); // fails at once, saying what to install, when the browser is missing
     let names = Names::new();
     write_definitions(&names, &[order_saga(&names)]);
     create_database(&names).await;
