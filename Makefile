@@ -35,7 +35,8 @@ help:
 	@echo '  migrate    services + build, then saga-service migrate'
 	@echo '  run        services + build + migrate, then saga-service serve and stubs'
 	@echo '             for commands1..3 (logs in target/run/); Ctrl-C stops them all'
-	@echo '  test       services, then cargo test (SAGA_TEST_DATABASE_URL, SAGA_TEST_AMQP_URL)'
+	@echo '  test       services (and headless Chromium + chromedriver), then cargo test'
+	@echo '             (SAGA_TEST_DATABASE_URL, SAGA_TEST_AMQP_URL; screenshots in target/ui-screenshots/)'
 	@echo '  lint       cargo fmt --check and cargo clippy -D warnings'
 	@echo '  bench      services + build, then scripts/bench.sh (every workload; BENCH_RUNS, BENCH_SAGAS, BENCH_ONLY)'
 	@echo '  chaos      services, then the ignored chaos tests (cargo test --release --test chaos)'
@@ -43,8 +44,9 @@ help:
 	@echo '  up / down  docker compose -f docker/compose.yaml up --build / down'
 	@echo '  toolchain  check that cargo (Rust >= $(RUST_MIN_VERSION)) is installed'
 
+# `make test` adds --with-browser: headless Chromium and chromedriver for the saga browser's test.
 services:
-	bash scripts/services.sh
+	bash scripts/services.sh $(SERVICES_ARGS)
 
 # Fails with a clear message when cargo is missing or older than RUST_MIN_VERSION.
 toolchain:
@@ -69,6 +71,7 @@ migrate: services build
 run: migrate
 	SAGA_BIN_DIR=$(RELEASE_DIR) bash scripts/run.sh
 
+test: SERVICES_ARGS = --with-browser
 test: services toolchain
 	$(CARGO) test $(TEST_ARGS) -- --test-threads=8
 

@@ -149,7 +149,8 @@ done
 
 cat <<EOF
 
-saga-service is ready on $base_url (logs: $RUN_DIR/*.log). Try:
+saga-service is ready on $base_url (logs: $RUN_DIR/*.log).
+Saga browser: $base_url/ui   Try:
 
   curl -s -X POST $base_url/start -H 'content-type: application/json' -d '{"saga_id":"'\$(cat /proc/sys/kernel/random/uuid)'","payload":{"order":42}}'
   curl -s $base_url/sagas/<saga_id or code from the answer above>

@@ -9,9 +9,27 @@
 #                                   Debian, otherwise say what is missing and exit 1.
 # One line per service says what was found and done. Exit 0 when both answer.
 #
+# With --with-browser (what `make test` passes) it also makes sure headless
+# Chromium and chromedriver are there for the saga browser's test
+# (tests/api/ui.rs): installed with apt-get (chromium, chromium-driver) when
+# missing and we are root on Debian, otherwise it says what to install and exits 1.
+#
 # Environment:
 #   SERVICES_TIMEOUT   seconds to wait for a service to answer after starting it (60)
+#   SAGA_TEST_CHROMIUM, SAGA_TEST_CHROMEDRIVER
+#                      the browser and driver the test uses (/usr/bin/chromium, /usr/bin/chromedriver)
 set -euo pipefail
+
+WITH_BROWSER=0
+for arg in "$@"; do
+    case "$arg" in
+    --with-browser) WITH_BROWSER=1 ;;
+    *)
+        printf 'usage: %s [--with-browser]\n' "$0" >&2
+        exit 2
+        ;;
+    esac
+done
 
 readonly PG_HOST=127.0.0.1 PG_PORT=5432
 readonly AMQP_HOST=127.0.0.1 AMQP_PORT=5672
@@ -296,6 +314,35 @@ stopped)
     fi
     ;;
 esac
+
+# ---------------------------------------------------------------- Chromium
+
+readonly CHROMIUM="${SAGA_TEST_CHROMIUM:-/usr/bin/chromium}"
+readonly CHROMEDRIVER="${SAGA_TEST_CHROMEDRIVER:-/usr/bin/chromedriver}"
+
+browser_present() {
+    [[ -x "$CHROMIUM" && -x "$CHROMEDRIVER" ]]
+}
+
+if ((WITH_BROWSER)); then
+    if browser_present; then
+        say "Chromium: $CHROMIUM and $CHROMEDRIVER are installed (for the saga browser's test)"
+    elif is_root_debian && [[ -z "${SAGA_TEST_CHROMIUM:-}${SAGA_TEST_CHROMEDRIVER:-}" ]]; then
+        say "Chromium: $CHROMIUM or $CHROMEDRIVER missing; installing them for the saga browser's test"
+        apt_install chromium chromium-driver fonts-dejavu-core
+        if browser_present; then
+            say "Chromium: installed"
+        else
+            warn "Chromium: FAILED: apt-get ran but $CHROMIUM or $CHROMEDRIVER is still missing"
+            FAILED=1
+        fi
+    else
+        warn "Chromium: MISSING: the saga browser's test (tests/api/ui.rs) needs $CHROMIUM and $CHROMEDRIVER."
+        warn "Install with:  sudo apt-get install -y chromium chromium-driver   (Debian), or run this script as root,"
+        warn "or point SAGA_TEST_CHROMIUM and SAGA_TEST_CHROMEDRIVER at a Chromium and its matching chromedriver."
+        FAILED=1
+    fi
+fi
 
 # The Makefile puts ~/.cargo/bin on PATH; a shell may not have it.
 if ! have cargo; then

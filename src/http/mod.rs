@@ -6,6 +6,8 @@ pub mod errors;
 mod health;
 mod sagas;
 mod start;
+mod timeline;
+mod ui;
 
 use actix_web::web;
 
@@ -15,11 +17,14 @@ pub use errors::ApiError;
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/start", web::post().to(start::start))
         .route("/sagas", web::get().to(sagas::list))
+        // Before `/sagas/{id}`: routes are matched in the order they are registered.
+        .route("/sagas/counts", web::get().to(sagas::counts))
         .route("/sagas/{id}", web::get().to(sagas::get))
         .route("/sagas/{id}/{action}", web::post().to(sagas::act))
         .route("/liveness", web::get().to(health::liveness))
         .route("/readiness", web::get().to(health::readiness))
         .route("/metrics", web::get().to(health::metrics))
+        .configure(ui::routes)
         .default_service(web::to(not_found));
 }
 

@@ -17,7 +17,7 @@ fn parse_id(raw: &str) -> Result<SagaId, ApiError> {
     SagaId::parse_any(raw).map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
-/// One saga with its history, by UUID or base62 code.
+/// One saga with its history and its steps, by UUID or base62 code.
 pub async fn get(
     path: web::Path<String>,
     state: web::Data<AppState>,
@@ -26,7 +26,26 @@ pub async fn get(
     let view = queries::view(&state.pool, id.0)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no saga {id}")))?;
-    Ok(HttpResponse::Ok().json(view))
+    let def = state.core.get().and_then(|c| {
+        c.env
+            .catalog
+            .get(&view.row.saga, view.row.definition_version)
+    });
+    Ok(HttpResponse::Ok().json(super::timeline::SagaPage::new(view, def.as_deref())))
+}
+
+/// `GET /sagas/counts`: `{"counts": {<status>: n, ...}, "total": n}`, every status listed.
+pub async fn counts(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let mut counts: serde_json::Map<String, serde_json::Value> = Status::ALL
+        .iter()
+        .map(|s| (s.as_str().to_string(), json!(0)))
+        .collect();
+    let mut total = 0;
+    for (status, n) in queries::count_by_status(&state.pool).await? {
+        total += n;
+        counts.insert(status, json!(n));
+    }
+    Ok(HttpResponse::Ok().json(json!({ "counts": counts, "total": total })))
 }
 
 #[derive(Deserialize)]

@@ -16,3 +16,4 @@ mod quarantine;
 mod replies;
 mod restart;
 mod trace;
+mod ui;

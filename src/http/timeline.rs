@@ -1,0 +1,219 @@
+//! The `steps` of `GET /sagas/{id}`: each step of the saga's definition with its state,
+//! attempts, times, output and error, as the saga browser's timeline shows them.
+//!
+//! Added to the response beside the existing fields (the contract only grows). Built from
+//! the snapshot (`state`), the definition the saga runs on, and the history's times.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::domain::SagaDefinition;
+use crate::saga::{Pending, SagaState, StepStatus};
+use crate::store::{HistoryRow, SagaView};
+
+/// `GET /sagas/{id}`: the saga's row, payload, state and history, plus its steps.
+#[derive(Debug, Serialize)]
+pub struct SagaPage {
+    /// Everything the response held before `steps` existed.
+    #[serde(flatten)]
+    pub view: SagaView,
+    /// One entry per step of the definition, in order (absent if the definition is unknown).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<Vec<StepView>>,
+}
+
+/// One step of one saga.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepView {
+    /// Step name.
+    pub name: String,
+    /// The participant's command queue.
+    pub queue: String,
+    /// Whether a later failure compensates it.
+    pub compensate: bool,
+    /// Sends before it counts as failed.
+    pub max_attempts: u32,
+    /// Time-out of one send.
+    pub timeout_ms: u64,
+    /// Where it is (`not_started`, `executing`, `done`, `failed`, `compensated`, ...).
+    pub status: StepStatus,
+    /// Execute sends so far.
+    pub attempts: u32,
+    /// Compensate sends so far.
+    pub compensate_attempts: u32,
+    /// Its `output`, once done.
+    pub output: Option<Value>,
+    /// The last error a participant gave for it.
+    pub error: Option<String>,
+    /// The command the saga waits on, when it is this step's.
+    pub pending: Option<Pending>,
+    /// When its execute command was first sent.
+    pub sent_at: Option<DateTime<Utc>>,
+    /// The latest history event about this step.
+    pub last_event: Option<String>,
+    /// When that event was committed.
+    pub last_event_at: Option<DateTime<Utc>>,
+}
+
+impl SagaPage {
+    /// Adds the steps when the definition is known and the snapshot decodes.
+    pub fn new(view: SagaView, def: Option<&SagaDefinition>) -> Self {
+        let steps = def.and_then(|def| {
+            let state: SagaState = serde_json::from_value(view.state.clone()).ok()?;
+            steps(&state, def, &view.history)
+        });
+        SagaPage { view, steps }
+    }
+}
+
+/// The steps of a saga, or `None` when its snapshot does not match the definition.
+pub fn steps(
+    state: &SagaState,
+    def: &SagaDefinition,
+    history: &[HistoryRow],
+) -> Option<Vec<StepView>> {
+    if state.steps.len() != def.steps.len() {
+        return None;
+    }
+    fn about<'a>(history: &'a [HistoryRow], name: &'a str) -> impl Iterator<Item = &'a HistoryRow> {
+        history
+            .iter()
+            .filter(move |h| h.step.as_deref() == Some(name))
+    }
+    let views = def
+        .steps
+        .iter()
+        .zip(&state.steps)
+        .enumerate()
+        .map(|(k, (sd, rec))| {
+            // Step 1 is sent by `started`; step k+1 by the `step_done` of step k.
+            let sent_at = match k.checked_sub(1).and_then(|j| def.steps.get(j)) {
+                None => history.iter().find(|h| h.event == "started").map(|h| h.at),
+                Some(prev) => about(history, &prev.name)
+                    .find(|h| h.event == "step_done")
+                    .map(|h| h.at),
+            };
+            let last = about(history, &sd.name).last();
+            StepView {
+                name: sd.name.clone(),
+                queue: sd.queue.clone(),
+                compensate: sd.compensate,
+                max_attempts: sd.max_attempts,
+                timeout_ms: sd.timeout_ms,
+                status: rec.status,
+                attempts: rec.attempts,
+                compensate_attempts: rec.compensate_attempts,
+                output: state.results.get(&sd.name).cloned(),
+                error: rec.error.clone(),
+                pending: state.pending.clone().filter(|p| p.step == k),
+                sent_at,
+                last_event: last.map(|h| h.event.clone()),
+                last_event_at: last.map(|h| h.at),
+            }
+        })
+        .collect();
+    Some(views)
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use serde_json::json;
+
+    use super::*;
+    use crate::domain::StepDefinition;
+    use crate::saga::{Phase, StepAction, StepRecord};
+
+    fn def() -> SagaDefinition {
+        SagaDefinition {
+            name: "trip".into(),
+            version: 1,
+            steps: ["flight", "hotel", "car"]
+                .iter()
+                .map(|n| StepDefinition {
+                    name: (*n).into(),
+                    queue: format!("{n}.commands"),
+                    compensate: true,
+                    timeout_ms: 1000,
+                    max_attempts: 3,
+                })
+                .collect(),
+        }
+    }
+
+    fn row(version: i64, event: &str, step: &str, s: u32) -> HistoryRow {
+        HistoryRow {
+            version,
+            event: event.into(),
+            step: Some(step.into()),
+            status: "running".into(),
+            detail: None,
+            at: Utc
+                .with_ymd_and_hms(2025, 1, 1, 0, 0, s)
+                .single()
+                .unwrap_or_default(),
+        }
+    }
+
+    #[test]
+    fn each_step_gets_its_state_output_pending_command_and_times_from_the_history() {
+        let record = |status, attempts| StepRecord {
+            status,
+            attempts,
+            compensate_attempts: 0,
+            error: None,
+        };
+        let state = SagaState {
+            saga_id: uuid::Uuid::nil(),
+            saga: "trip".into(),
+            definition_version: 1,
+            payload: json!({}),
+            status: crate::saga::Status::Running,
+            version: 3,
+            results: serde_json::from_value(json!({"flight": {"seat": "3A"}})).unwrap_or_default(),
+            steps: vec![
+                record(StepStatus::Done, 1),
+                record(StepStatus::Executing, 2),
+                record(StepStatus::NotStarted, 0),
+            ],
+            pending: Some(Pending {
+                step: 1,
+                action: StepAction::Execute,
+                command_id: "x/hotel/execute".into(),
+                attempt: 2,
+                phase: Phase::AwaitingReply,
+            }),
+            to_compensate: vec![],
+            started_at_ms: None,
+        };
+        let history = [
+            row(1, "started", "flight", 1),
+            row(2, "step_done", "flight", 2),
+            row(3, "step_resent", "hotel", 4),
+        ];
+        let steps = steps(&state, &def(), &history).unwrap_or_default();
+        assert_eq!(steps.len(), 3);
+        assert_eq!(steps[0].output, Some(json!({"seat": "3A"})));
+        assert_eq!(steps[0].sent_at, Some(history[0].at));
+        assert_eq!(steps[0].last_event.as_deref(), Some("step_done"));
+        assert_eq!(steps[1].sent_at, Some(history[1].at));
+        assert_eq!(steps[1].last_event_at, Some(history[2].at));
+        assert_eq!(steps[1].pending.as_ref().map(|p| p.attempt), Some(2));
+        assert!(steps[0].pending.is_none());
+        assert_eq!(steps[2].sent_at, None);
+        assert_eq!(steps[2].status, StepStatus::NotStarted);
+        assert_eq!(
+            serde_json::to_value(&steps[1]).unwrap_or_default()["status"],
+            json!("executing")
+        );
+    }
+
+    #[test]
+    fn a_snapshot_with_another_number_of_steps_gives_no_steps() {
+        let mut d = def();
+        d.steps.pop();
+        let state = crate::saga::start(&def(), uuid::Uuid::nil(), json!({})).state;
+        assert!(steps(&state, &d, &[]).is_none());
+    }
+}

@@ -1,0 +1,599 @@
+// The saga browser: a list of sagas (/ui) and one saga's page (/ui/sagas/{id}).
+// Plain JS on the service's own HTTP API; no build step, nothing loaded from elsewhere.
+// Everything that came from a saga (payload, outputs, errors, quarantined bodies) is put in
+// the page as text (textContent), never as HTML.
+'use strict';
+
+const STATUSES = ['running', 'compensating', 'completed', 'compensated', 'failed'];
+const UNFINISHED = new Set(['running', 'compensating', 'failed']);
+const TOKEN_KEY = 'saga-admin-token'; // sessionStorage: this tab only
+const BY_KEY = 'saga-operator-name'; // localStorage: a convenience, not a secret
+const LIST_REFRESH_MS = 2000;
+const SAGA_REFRESH_MS = 1000;
+const FAILED_REFRESH_MS = 5000;
+const PAGE_SIZE = 50;
+
+// What each operator action does, and in which statuses the service accepts it.
+const ACTIONS = {
+  abort: {
+    label: 'Abort',
+    when: ['running'],
+    help: 'The saga stops going forward and compensates: first the step whose command is pending (it may have run), then the earlier done steps, last first.',
+    danger: true,
+  },
+  resume: {
+    label: 'Resume',
+    when: ['running', 'compensating'],
+    help: 'The pending command is sent again now (same command_id), with its attempts reset.',
+  },
+  skip: {
+    label: 'Skip compensation',
+    when: ['compensating', 'failed'],
+    help: 'The pending compensation is marked done without running it (you undid it by hand); the saga goes on with the next one.',
+    danger: true,
+  },
+  retry: {
+    label: 'Retry',
+    when: ['failed'],
+    help: 'The failed compensation is sent again (same command_id) and the saga compensates on.',
+  },
+};
+
+// ------------------------------------------------------------------ small helpers
+
+/** Creates an element: el('td', {class: 'x', data: {code: 'a'}}, 'text', child, ...). */
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === 'data') {
+      for (const [dk, dv] of Object.entries(v)) node.dataset[dk] = dv;
+    } else if (k === 'text') {
+      node.textContent = v;
+    } else if (k.startsWith('on')) {
+      node.addEventListener(k.slice(2), v);
+    } else {
+      node.setAttribute(k, v === true ? '' : v);
+    }
+  }
+  for (const c of children.flat()) {
+    if (c === undefined || c === null || c === false) continue;
+    node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return node;
+}
+
+const $ = (sel) => document.querySelector(sel);
+const pad = (n, w = 2) => String(n).padStart(w, '0');
+
+function fmtTime(iso, withMs) {
+  if (!iso) return '';
+  const d = new Date(iso);
+  const today = new Date();
+  const time = `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}` +
+    (withMs ? `.${pad(d.getMilliseconds(), 3)}` : '');
+  const sameDay = d.toDateString() === today.toDateString();
+  return sameDay ? time : `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${time}`;
+}
+
+function fmtDuration(ms) {
+  if (!(ms >= 0)) return '';
+  if (ms < 1000) return `${Math.round(ms)} ms`;
+  if (ms < 60000) return `${(ms / 1000).toFixed(1)} s`;
+  const m = Math.floor(ms / 60000);
+  if (m < 60) return `${m} min ${Math.round((ms % 60000) / 1000)} s`;
+  return `${Math.floor(m / 60)} h ${m % 60} min`;
+}
+
+const since = (from, to) => fmtDuration(new Date(to) - new Date(from));
+const human = (s) => String(s || '').replace(/_/g, ' ');
+
+function badge(status, extra) {
+  return el('span', { class: `badge st-${status}`, data: { status } }, human(status), extra);
+}
+
+function showBanner(text) {
+  const b = $('#banner');
+  b.textContent = text || '';
+  b.hidden = !text;
+}
+
+async function getJson(url) {
+  let r;
+  try {
+    r = await fetch(url, { headers: { accept: 'application/json' }, cache: 'no-store' });
+  } catch (e) {
+    throw new Error(`cannot reach the service (${e.message})`);
+  }
+  let body = null;
+  try {
+    body = await r.json();
+  } catch (_) {
+    /* not JSON */
+  }
+  return { status: r.status, body };
+}
+
+function pretty(value) {
+  return JSON.stringify(value, null, 2);
+}
+
+// ------------------------------------------------------------------ the admin token
+
+const token = {
+  get: () => sessionStorage.getItem(TOKEN_KEY),
+  set(t) {
+    sessionStorage.setItem(TOKEN_KEY, t);
+    token.show();
+  },
+  forget() {
+    sessionStorage.removeItem(TOKEN_KEY);
+    token.show();
+  },
+  show() {
+    $('#token-state').hidden = !token.get();
+  },
+};
+
+// ------------------------------------------------------------------ polling
+
+// One timer for the view on screen; a new view or a refresh replaces it.
+let timer = null;
+function schedule(fn, ms) {
+  clearTimeout(timer);
+  timer = ms ? setTimeout(fn, ms) : null;
+}
+
+// ------------------------------------------------------------------ list: /ui
+
+const listState = { status: '', saga: '', stuck: false, rows: [], next: null, paged: false, last: '' };
+
+function listUrl(after) {
+  const q = new URLSearchParams();
+  if (listState.status) q.set('status', listState.status);
+  if (listState.saga) q.set('saga', listState.saga);
+  if (listState.stuck) q.set('stuck', 'true');
+  q.set('limit', String(PAGE_SIZE));
+  if (after) q.set('after', after);
+  return `/sagas?${q}`;
+}
+
+function syncListQuery() {
+  const q = new URLSearchParams();
+  if (listState.status) q.set('status', listState.status);
+  if (listState.saga) q.set('saga', listState.saga);
+  if (listState.stuck) q.set('stuck', 'true');
+  const s = q.toString();
+  history.replaceState(null, '', s ? `/ui?${s}` : '/ui');
+}
+
+function renderListShell() {
+  const params = new URLSearchParams(location.search);
+  listState.status = STATUSES.includes(params.get('status')) ? params.get('status') : '';
+  listState.saga = params.get('saga') || '';
+  listState.stuck = params.get('stuck') === 'true';
+  document.title = 'Sagas · saga-service';
+  const chips = el('nav', { class: 'counts', id: 'counts', 'aria-label': 'Filter by status' });
+  const chip = (status, label) =>
+    el('button', {
+      type: 'button', class: `chip st-${status || 'all'}`, data: { filter: status },
+      'aria-pressed': String(listState.status === status),
+      onclick: () => {
+        listState.status = status;
+        for (const c of chips.children) c.setAttribute('aria-pressed', String(c.dataset.filter === status));
+        reloadList();
+      },
+    }, el('span', { class: 'chip-label' }, label), el('span', { class: 'chip-count', data: { count: status || 'all' } }, '–'));
+  chips.append(chip('', 'all'), ...STATUSES.map((s) => chip(s, s)));
+
+  const typeInput = el('input', {
+    id: 'type-filter', type: 'search', placeholder: 'saga type', value: listState.saga,
+    'aria-label': 'Only sagas of this type', spellcheck: 'false',
+  });
+  typeInput.addEventListener('change', () => {
+    listState.saga = typeInput.value.trim();
+    reloadList();
+  });
+  const stuck = el('input', { id: 'stuck-filter', type: 'checkbox', checked: listState.stuck });
+  stuck.addEventListener('change', () => {
+    listState.stuck = stuck.checked;
+    reloadList();
+  });
+  const filters = el('div', { class: 'filters' },
+    el('label', {}, 'Type ', typeInput),
+    el('label', { title: 'Unfinished sagas with no transition for longer than any step may wait' }, stuck, ' stuck only'),
+    el('span', { id: 'live', class: 'live muted' }, ''));
+
+  const table = el('table', { class: 'sagas', id: 'sagas' },
+    el('thead', {}, el('tr', {},
+      ['Code', 'Type', 'Status', 'Step', 'Transitions', 'Created', 'Updated'].map((h) => el('th', {}, h)))),
+    el('tbody', {}));
+  const more = el('button', { id: 'more', type: 'button', hidden: true, onclick: loadMore }, 'Load more');
+  $('#main').replaceChildren(
+    el('h1', {}, 'Sagas'),
+    chips, filters, table,
+    el('p', { id: 'empty', class: 'muted empty', hidden: true }),
+    more);
+}
+
+function sagaRow(s) {
+  const href = `/ui/sagas/${encodeURIComponent(s.code)}`;
+  return el('tr', { data: { code: s.code, status: s.status } },
+    el('td', {}, el('a', { href, class: 'mono', title: s.saga_id }, s.code)),
+    el('td', {}, `${s.saga}`, el('span', { class: 'muted' }, ` v${s.definition_version}`)),
+    el('td', {}, badge(s.status)),
+    el('td', {}, s.step || el('span', { class: 'muted' }, '—')),
+    el('td', { class: 'num' }, String(s.version)),
+    el('td', { title: s.created_at }, fmtTime(s.created_at)),
+    el('td', { title: s.updated_at }, fmtTime(s.updated_at), el('span', { class: 'muted' }, ` (+${since(s.created_at, s.updated_at)})`)));
+}
+
+function renderRows() {
+  $('#sagas tbody').replaceChildren(...listState.rows.map(sagaRow));
+  const empty = $('#empty');
+  empty.hidden = listState.rows.length > 0;
+  empty.textContent = listState.status || listState.saga || listState.stuck
+    ? 'No saga matches these filters.'
+    : 'No sagas yet. Start one with POST /start (see the README), and it appears here.';
+  $('#more').hidden = !listState.next;
+}
+
+async function refreshCounts() {
+  const { status, body } = await getJson('/sagas/counts');
+  if (status !== 200 || !body) return;
+  for (const node of document.querySelectorAll('[data-count]')) {
+    const k = node.dataset.count;
+    node.textContent = String(k === 'all' ? body.total : body.counts[k] ?? 0);
+  }
+}
+
+async function refreshList() {
+  const { status, body } = await getJson(listUrl());
+  if (status !== 200) throw new Error(body && body.error ? body.error : `GET /sagas answered ${status}`);
+  const json = JSON.stringify(body);
+  if (json !== listState.last) {
+    listState.last = json;
+    listState.rows = body.sagas;
+    listState.next = body.next;
+    renderRows();
+  }
+}
+
+async function listTick() {
+  try {
+    // Once "Load more" was used, the rows stay as they are; the counts still refresh.
+    await Promise.all([refreshCounts(), listState.paged ? null : refreshList()]);
+    showBanner('');
+    $('#live').textContent = listState.paged
+      ? `counts refreshed ${fmtTime(new Date().toISOString())} · list paused while paging`
+      : `refreshed ${fmtTime(new Date().toISOString())} · every ${LIST_REFRESH_MS / 1000} s`;
+  } catch (e) {
+    showBanner(`${e.message}; retrying…`);
+  }
+  schedule(listTick, LIST_REFRESH_MS);
+}
+
+function reloadList() {
+  syncListQuery();
+  listState.paged = false;
+  listState.last = '';
+  listState.rows = [];
+  listState.next = null;
+  schedule(null, 0);
+  listTick();
+}
+
+async function loadMore() {
+  if (!listState.next) return;
+  const { status, body } = await getJson(listUrl(listState.next));
+  if (status !== 200) {
+    showBanner(body && body.error ? body.error : `GET /sagas answered ${status}`);
+    return;
+  }
+  listState.paged = true;
+  listState.rows = listState.rows.concat(body.sagas);
+  listState.next = body.next;
+  renderRows();
+}
+
+// ------------------------------------------------------------------ one saga: /ui/sagas/{id}
+
+const sagaState = { id: '', last: '', saga: null };
+
+function stepCard(step, index, saga) {
+  const isPending = !!step.pending;
+  const meta = [`attempts ${step.attempts}/${step.max_attempts}`];
+  if (step.compensate_attempts) meta.push(`compensate attempts ${step.compensate_attempts}/${step.max_attempts}`);
+  if (!step.compensate) meta.push('not compensated on failure');
+  // Its times: when it was sent, then each history event about it, relative to that.
+  const from = step.sent_at;
+  const events = saga.history.filter((h) => h.step === step.name && h.event !== 'started');
+  const shown = events.slice(-6);
+  const times = [];
+  if (from) times.push(`sent ${fmtTime(from, true)}`);
+  if (events.length > shown.length) times.push(`… ${events.length - shown.length} earlier`);
+  for (const h of shown) {
+    times.push(from ? `${human(h.event)} +${since(from, h.at)}` : `${human(h.event)} ${fmtTime(h.at, true)}`);
+  }
+  let pending = null;
+  if (isPending) {
+    const p = step.pending;
+    const what = p.phase === 'backing_off'
+      ? `compensate answered error; re-sending after a back-off (attempt ${p.attempt} of ${step.max_attempts})`
+      : p.phase === 'parked'
+        ? `${p.action} out of attempts: waiting for an operator (retry or skip)`
+        : `waiting for a reply to ${p.action}, attempt ${p.attempt} of ${step.max_attempts} (time-out ${fmtDuration(step.timeout_ms)})`;
+    pending = el('div', { class: 'pending' }, el('span', { class: 'spinner', 'aria-hidden': 'true' }), what,
+      el('div', { class: 'muted mono small' }, `command_id ${p.command_id}`));
+  }
+  const output = step.output !== null && step.output !== undefined
+    ? el('details', { class: 'output', open: JSON.stringify(step.output).length <= 120 },
+      el('summary', {}, 'output'), el('pre', {}, pretty(step.output)))
+    : null;
+  return el('li', { class: `step st-${step.status}${isPending ? ' is-pending' : ''}`, data: { step: step.name, status: step.status } },
+    el('span', { class: 'dot', 'aria-hidden': 'true' }, String(index + 1)),
+    el('div', { class: 'step-body' },
+      el('div', { class: 'step-head' },
+        el('span', { class: 'step-name' }, step.name), badge(step.status),
+        el('span', { class: 'muted small' }, `queue ${step.queue}`)),
+      el('div', { class: 'step-meta muted' }, meta.join(' · ')),
+      times.length ? el('div', { class: 'step-times muted' }, times.join(' → ')) : null,
+      pending,
+      step.error ? el('div', { class: 'step-error' }, el('strong', {}, 'error: '), step.error) : null,
+      output));
+}
+
+function actionButtons(saga) {
+  const box = el('div', { class: 'actions', id: 'actions' });
+  for (const [name, a] of Object.entries(ACTIONS)) {
+    const allowed = a.when.includes(saga.status);
+    box.append(el('button', {
+      type: 'button', class: a.danger ? 'danger' : '', data: { action: name },
+      disabled: !allowed,
+      title: allowed ? a.help : `${a.label}: only when the saga is ${a.when.join(' or ')}`,
+      onclick: () => openAction(name, saga),
+    }, a.label));
+  }
+  return box;
+}
+
+function renderSaga(saga) {
+  document.title = `${saga.code} · ${saga.status} · saga-service`;
+  const unfinished = UNFINISHED.has(saga.status);
+  const live = saga.status === 'failed'
+    ? `waiting for an operator · refreshing every ${FAILED_REFRESH_MS / 1000} s`
+    : unfinished ? `live · refreshing every ${SAGA_REFRESH_MS / 1000} s` : 'finished · not refreshing';
+  const facts = [
+    ['Type', `${saga.saga} (definition v${saga.definition_version})`],
+    ['Current step', saga.step || '—'],
+    ['Transitions', String(saga.version)],
+    ['Created', `${fmtTime(saga.created_at, true)}`],
+    ['Updated', `${fmtTime(saga.updated_at, true)} (+${since(saga.created_at, saga.updated_at)})`],
+  ];
+  const head = el('section', { class: 'saga-head' },
+    el('nav', { class: 'crumbs' }, el('a', { href: '/ui' }, '← all sagas')),
+    el('h1', {}, el('span', { class: 'mono', id: 'saga-code' }, saga.code), ' ',
+      el('span', { id: 'saga-status', data: { status: saga.status } }, badge(saga.status))),
+    el('p', { class: 'uuid muted' }, 'UUID ', el('span', { class: 'mono', id: 'saga-uuid' }, saga.saga_id)),
+    el('p', { id: 'saga-live', class: `live muted${unfinished ? ' on' : ''}` }, live),
+    el('dl', { class: 'facts' }, facts.flatMap(([k, v]) => [el('dt', {}, k), el('dd', {}, v)])),
+    // A completed or compensated saga never changes again: no action applies.
+    unfinished ? actionButtons(saga) : null);
+
+  const steps = saga.steps || [];
+  const timeline = el('section', { class: 'timeline' }, el('h2', {}, 'Steps'),
+    steps.length
+      ? el('ol', { id: 'steps' }, steps.map((s, i) => stepCard(s, i, saga)))
+      : el('p', { class: 'muted' }, 'The definition of this saga is not loaded; see the history below.'));
+
+  const history = el('section', { class: 'history' }, el('h2', {}, `History (${saga.history.length})`),
+    el('table', { id: 'history' },
+      el('thead', {}, el('tr', {}, ['#', 'Event · step', 'Status after', 'Detail', 'At'].map((h) => el('th', {}, h)))),
+      el('tbody', {}, saga.history.map((h) => el('tr', { data: { event: h.event, version: String(h.version) } },
+        el('td', { class: 'num' }, String(h.version)),
+        el('td', {}, human(h.event), h.step ? el('div', { class: 'muted mono small' }, h.step) : null),
+        el('td', {}, badge(h.status)),
+        el('td', { class: 'detail' }, h.detail || ''),
+        el('td', { title: h.at }, fmtTime(h.at, true)))))));
+
+  const q = saga.quarantined || [];
+  const quarantine = el('section', { class: 'quarantine', id: 'quarantine' },
+    el('h2', {}, `Quarantined replies (${q.length})`),
+    q.length
+      ? el('ul', {}, q.map((m) => el('li', {},
+        el('div', {}, el('strong', {}, m.reason), el('span', { class: 'muted' }, ` · ${fmtTime(m.at, true)}`)),
+        el('pre', {}, m.body))))
+      : el('p', { class: 'muted' }, 'None: every reply for this saga could be applied.'));
+
+  const payload = el('section', { class: 'payload' }, el('h2', {}, 'Payload'), el('pre', {}, pretty(saga.payload)));
+
+  const openOutputs = new Set([...document.querySelectorAll('#steps li')]
+    .filter((li) => li.querySelector('details[open]')).map((li) => li.dataset.step));
+  $('#main').replaceChildren(head, el('div', { class: 'columns' }, timeline, el('div', {}, history, quarantine, payload)));
+  for (const li of document.querySelectorAll('#steps li')) {
+    const d = li.querySelector('details');
+    if (d && openOutputs.has(li.dataset.step)) d.open = true;
+  }
+}
+
+async function sagaTick() {
+  let next = SAGA_REFRESH_MS;
+  try {
+    const { status, body } = await getJson(`/sagas/${encodeURIComponent(sagaState.id)}`);
+    if (status === 404 || status === 400) {
+      $('#main').replaceChildren(
+        el('nav', { class: 'crumbs' }, el('a', { href: '/ui' }, '← all sagas')),
+        el('h1', {}, 'No such saga'),
+        el('p', { id: 'not-found', class: 'error' }, body && body.error ? body.error : `no saga ${sagaState.id}`));
+      document.title = 'No such saga · saga-service';
+      showBanner('');
+      return;
+    }
+    if (status !== 200) throw new Error(body && body.error ? body.error : `GET /sagas/{id} answered ${status}`);
+    showBanner('');
+    sagaState.saga = body;
+    const json = JSON.stringify(body);
+    if (json !== sagaState.last) {
+      sagaState.last = json;
+      renderSaga(body);
+    }
+    if (!UNFINISHED.has(body.status)) next = 0;
+    else if (body.status === 'failed') next = FAILED_REFRESH_MS;
+  } catch (e) {
+    showBanner(`${e.message}; retrying…`);
+  }
+  schedule(sagaTick, next);
+}
+
+function refreshSagaNow() {
+  schedule(null, 0);
+  sagaTick();
+}
+
+// ------------------------------------------------------------------ operator actions
+
+const dialog = { action: '', saga: null, busy: false };
+
+function openAction(name, saga) {
+  const a = ACTIONS[name];
+  dialog.action = name;
+  dialog.saga = saga;
+  $('#action-title').textContent = `${a.label} saga ${saga.code}?`;
+  $('#action-help').textContent = a.help;
+  $('#action-reason').value = '';
+  $('#action-by').value = localStorage.getItem(BY_KEY) || '';
+  $('#action-error').hidden = true;
+  $('#token-row').hidden = true;
+  $('#action-token').value = '';
+  const submit = $('#action-submit');
+  submit.textContent = a.label;
+  submit.className = a.danger ? 'danger' : 'primary';
+  $('#action-dialog').showModal();
+  $('#action-reason').focus();
+}
+
+function askToken(refused) {
+  $('#token-help').textContent = refused
+    ? 'The admin token was refused (401). Enter it again.'
+    : 'This service requires an admin token for operator actions (401 without it). Enter SAGA_ADMIN_TOKEN; this tab keeps it until closed.';
+  $('#token-row').hidden = false;
+  $('#action-token').focus();
+}
+
+async function submitAction(ev) {
+  ev.preventDefault();
+  if (dialog.busy) return;
+  const typed = $('#action-token').value.trim();
+  if (!$('#token-row').hidden && !typed) {
+    askToken(false);
+    return;
+  }
+  if (typed) token.set(typed);
+  const note = {};
+  const reason = $('#action-reason').value.trim();
+  const by = $('#action-by').value.trim();
+  if (reason) note.reason = reason;
+  if (by) {
+    note.by = by;
+    localStorage.setItem(BY_KEY, by);
+  }
+  const headers = { 'content-type': 'application/json', accept: 'application/json' };
+  const sent = token.get();
+  if (sent) headers.authorization = `Bearer ${sent}`;
+  const err = $('#action-error');
+  err.hidden = true;
+  dialog.busy = true;
+  $('#action-submit').disabled = true;
+  try {
+    const r = await fetch(`/sagas/${encodeURIComponent(dialog.saga.saga_id)}/${dialog.action}`, {
+      method: 'POST', headers, body: JSON.stringify(note),
+    });
+    let body = null;
+    try {
+      body = await r.json();
+    } catch (_) {
+      /* not JSON */
+    }
+    if (r.status === 401) {
+      token.forget();
+      $('#action-token').value = '';
+      askToken(!!sent);
+      return;
+    }
+    if (r.status === 202) {
+      $('#action-dialog').close();
+      showBanner('');
+      flash(`${ACTIONS[dialog.action].label} accepted for ${dialog.saga.code}.`);
+      refreshSagaNow();
+      return;
+    }
+    err.textContent = `${r.status}: ${body && body.error ? body.error : r.statusText}`;
+    err.hidden = false;
+    if (r.status === 409) refreshSagaNow();
+  } catch (e) {
+    err.textContent = `cannot reach the service (${e.message})`;
+    err.hidden = false;
+  } finally {
+    dialog.busy = false;
+    $('#action-submit').disabled = false;
+  }
+}
+
+let flashTimer = null;
+function flash(text) {
+  let f = $('#flash');
+  if (!f) {
+    f = el('p', { id: 'flash', class: 'flash', role: 'status' });
+    document.body.append(f);
+  }
+  f.textContent = text;
+  f.hidden = false;
+  clearTimeout(flashTimer);
+  flashTimer = setTimeout(() => { f.hidden = true; }, 4000);
+}
+
+// ------------------------------------------------------------------ search and start-up
+
+const UUID_RE = /^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$/i;
+const CODE_RE = /^[0-9A-Za-z]{1,22}$/;
+
+async function search(ev) {
+  ev.preventDefault();
+  const q = $('#search-input').value.trim();
+  if (!q) return;
+  if (!UUID_RE.test(q) && !CODE_RE.test(q)) {
+    showBanner(`"${q.slice(0, 60)}" is neither a UUID nor a base62 code.`);
+    return;
+  }
+  try {
+    const { status, body } = await getJson(`/sagas/${encodeURIComponent(q)}`);
+    if (status === 200) {
+      location.assign(`/ui/sagas/${encodeURIComponent(body.code)}`);
+    } else if (status === 404) {
+      showBanner(`No saga ${q}.`);
+    } else {
+      showBanner(body && body.error ? body.error : `GET /sagas/{id} answered ${status}`);
+    }
+  } catch (e) {
+    showBanner(e.message);
+  }
+}
+
+function start() {
+  token.show();
+  $('#forget-token').addEventListener('click', () => token.forget());
+  $('#search').addEventListener('submit', search);
+  $('#action-form').addEventListener('submit', submitAction);
+  $('#action-cancel').addEventListener('click', () => $('#action-dialog').close());
+  const m = location.pathname.match(/^\/ui\/sagas\/([^/]+)\/?$/);
+  if (m) {
+    sagaState.id = decodeURIComponent(m[1]);
+    $('#search-input').value = sagaState.id;
+    sagaTick();
+  } else {
+    renderListShell();
+    listTick();
+  }
+}
+
+document.addEventListener('DOMContentLoaded', start);
