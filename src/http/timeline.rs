@@ -149,6 +149,7 @@ mod tests {
             step: Some(step.into()),
             status: "running".into(),
             detail: None,
+            traceparent: None,
             at: Utc
                 .with_ymd_and_hms(2025, 1, 1, 0, 0, s)
                 .single()
@@ -186,6 +187,7 @@ mod tests {
             }),
             to_compensate: vec![],
             started_at_ms: None,
+            traceparent: None,
         };
         let history = [
             row(1, "started", "flight", 1),
