@@ -39,8 +39,12 @@ impl Topology {
 pub(super) struct Links {
     pub connection: Connection,
     pub publish: Channel,
-    /// The channel every reply consumer of this connection is on.
-    pub consume: Channel,
+    /// The channel of the shared reply queue's consumer (held so it stays open).
+    pub _consume: Channel,
+    /// The channel of the partition queues' consumers: apart from the busy shared one,
+    /// because RabbitMQ's per-channel prefetch bookkeeping touches every queue consumed
+    /// on a channel at each ack (64 idle queues beside the shared one halved throughput).
+    pub partitions: Channel,
     /// Counts connections, so that a consumer of an old one is not cancelled on a new one.
     pub generation: u64,
 }
@@ -107,6 +111,7 @@ impl Broker {
             prefetch,
         )
         .await?;
+        let partitions = connection.create_channel().await?;
         let generation = self
             .generation
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
@@ -114,7 +119,8 @@ impl Broker {
         self.set(Some(Arc::new(Links {
             connection,
             publish,
-            consume,
+            _consume: consume,
+            partitions,
             generation,
         })));
         Ok(stream)
@@ -130,7 +136,7 @@ impl Broker {
         let links = self.current().ok_or(BrokerError::NotConnected)?;
         let tag = format!("saga-service-p{partition}");
         let queue = self.topology.partition_queue(partition);
-        let stream = super::consumer::start(&links.consume, &queue, &tag, prefetch).await?;
+        let stream = super::consumer::start(&links.partitions, &queue, &tag, prefetch).await?;
         Ok((
             stream,
             PartitionConsumer {
@@ -145,7 +151,7 @@ impl Broker {
         if let Some(links) = self.current() {
             if links.generation == consumer.generation {
                 let _ = links
-                    .consume
+                    .partitions
                     .basic_cancel(
                         ShortString::from(consumer.tag.as_str()),
                         lapin::options::BasicCancelOptions::default(),
