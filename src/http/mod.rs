@@ -4,23 +4,39 @@ mod auth;
 mod body;
 pub mod errors;
 mod health;
+pub mod openapi;
 mod sagas;
+pub mod schemas;
 mod start;
 
 use actix_web::web;
 
 pub use errors::ApiError;
 
-/// Registers every route.
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/start", web::post().to(start::start))
-        .route("/sagas", web::get().to(sagas::list))
-        .route("/sagas/{id}", web::get().to(sagas::get))
-        .route("/sagas/{id}/{action}", web::post().to(sagas::act))
-        .route("/liveness", web::get().to(health::liveness))
-        .route("/readiness", web::get().to(health::readiness))
-        .route("/metrics", web::get().to(health::metrics))
-        .default_service(web::to(not_found));
+/// Declares the route table once: [`routes`] registers it and [`SERVED`] lists it, so the
+/// list the OpenAPI test compares with `/openapi.json` is the table actually served.
+macro_rules! route_table {
+    ($($method:ident $path:literal => $handler:path,)*) => {
+        /// Every route served, as `(method, path)` in the OpenAPI document's spelling.
+        pub const SERVED: &[(&str, &str)] = &[$((stringify!($method), $path)),*];
+
+        /// Registers every route; anything else answers 404 `{"error": "no such route"}`.
+        pub fn routes(cfg: &mut web::ServiceConfig) {
+            $(cfg.route($path, web::$method().to($handler));)*
+            cfg.default_service(web::to(not_found));
+        }
+    };
+}
+
+route_table! {
+    post "/start" => start::start,
+    get "/sagas" => sagas::list,
+    get "/sagas/{id}" => sagas::get,
+    post "/sagas/{id}/{action}" => sagas::act,
+    get "/liveness" => health::liveness,
+    get "/readiness" => health::readiness,
+    get "/metrics" => health::metrics,
+    get "/openapi.json" => openapi::document,
 }
 
 async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {

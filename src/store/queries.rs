@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use serde::Serialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::StoreError;
@@ -41,7 +42,7 @@ pub async fn load_unfinished(pool: &Pool) -> Result<Vec<SagaState>, StoreError> 
 }
 
 /// One history row as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct HistoryRow {
     /// Saga version after this transition.
     pub version: i64,
@@ -50,6 +51,7 @@ pub struct HistoryRow {
     /// Which step it concerned.
     pub step: Option<String>,
     /// Status after it.
+    #[schema(value_type = crate::saga::Status)]
     pub status: String,
     /// Error text or reason.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -59,7 +61,7 @@ pub struct HistoryRow {
 }
 
 /// One saga as the list shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct SagaRow {
     /// UUID.
     pub saga_id: Uuid,
@@ -70,6 +72,7 @@ pub struct SagaRow {
     /// Definition version it runs on.
     pub definition_version: i32,
     /// Status.
+    #[schema(value_type = crate::saga::Status)]
     pub status: String,
     /// Current step or null.
     pub step: Option<String>,
@@ -82,14 +85,16 @@ pub struct SagaRow {
 }
 
 /// One saga with its state and history (`GET /sagas/{id}`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct SagaView {
     /// The row's columns.
     #[serde(flatten)]
     pub row: SagaRow,
     /// The start payload.
+    #[schema(value_type = Object)]
     pub payload: Value,
     /// The full snapshot (steps, results, pending command).
+    #[schema(value_type = Object)]
     pub state: Value,
     /// Every transition, oldest first.
     pub history: Vec<HistoryRow>,
@@ -98,7 +103,7 @@ pub struct SagaView {
 }
 
 /// A reply kept against its saga because it could not be applied.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct QuarantineRow {
     /// Why it could not be applied.
     pub reason: String,
