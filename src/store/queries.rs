@@ -256,8 +256,13 @@ pub struct ListFilter {
 /// Newest first, filtered, one page; the cursor of the next page if there may be one.
 ///
 /// Only the predicates a request uses are in the statement (each a fixed fragment with
-/// a parameter), so PostgreSQL plans each shape on the `(status|saga, created_at, id)`
-/// indexes of `sql/0001_init.sql`.
+/// a parameter), so PostgreSQL plans each shape on an index it walks in list order and
+/// leaves after one page: `(created_at, id)` and `(status|saga, created_at, id)`
+/// (`sql/0001_init.sql`); for a type with an unfinished status, and for stuck sagas, the
+/// partial `(saga, created_at, id)` and `(created_at, id)` indexes of unfinished sagas
+/// (`sql/0005_list_indexes.sql`), or the partial `(updated_at)` one when few are idle that
+/// long (`sql/0003_stuck_index.sql`). `scripts/list-bench.sh` times each shape at a
+/// million rows and shows its plan.
 pub async fn list(
     pool: &Pool,
     f: &ListFilter,
