@@ -26,7 +26,7 @@ LOCAL_DATABASE_URL := postgres://postgres@127.0.0.1:5432/postgres
 # Extra arguments: make test TEST_ARGS='saga::'; make bench BENCH_ONLY=classic BENCH_RUNS=1.
 TEST_ARGS ?=
 
-.PHONY: help services toolchain build migrate run test lint bench chaos image up down
+.PHONY: help services toolchain build migrate run test lint bench list-bench chaos image up down
 
 help:
 	@echo 'saga-service make targets:'
@@ -39,6 +39,8 @@ help:
 	@echo '             (SAGA_TEST_DATABASE_URL, SAGA_TEST_AMQP_URL; screenshots in target/ui-screenshots/)'
 	@echo '  lint       cargo fmt --check and cargo clippy -D warnings'
 	@echo '  bench      services + build, then scripts/bench.sh (every workload; BENCH_RUNS, BENCH_SAGAS, BENCH_ONLY)'
+	@echo '  list-bench services + build, then scripts/list-bench.sh: GET /sagas latency and plans at'
+	@echo '             1,000,000 sagas in a scratch database (LIST_BENCH_ROWS, LIST_BENCH_REPS, LIST_BENCH_KEEP)'
 	@echo '  chaos      services, then the ignored chaos tests (cargo test --release --test chaos)'
 	@echo '  image      docker build -f docker/Dockerfile -t $(IMAGE) .'
 	@echo '  up / down  docker compose -f docker/compose.yaml up --build / down'
@@ -81,6 +83,9 @@ lint: toolchain
 
 bench: services build
 	bash scripts/bench.sh
+
+list-bench: services build
+	bash scripts/list-bench.sh
 
 chaos: services toolchain
 	$(CARGO) test --release --test chaos -- --ignored --test-threads=1 --nocapture

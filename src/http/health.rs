@@ -8,6 +8,12 @@ use serde_json::{json, Map, Value};
 use crate::app_state::AppState;
 
 /// 200 while the process serves, with build and host facts.
+#[utoipa::path(
+    get,
+    path = "/liveness",
+    tag = "health",
+    responses((status = 200, description = "The process serves", body = super::schemas::Liveness))
+)]
 pub async fn liveness() -> HttpResponse {
     let mut body = Map::new();
     body.insert("status".into(), json!("up"));
@@ -35,6 +41,15 @@ fn not_ready(status: &str) -> HttpResponse {
 }
 
 /// 200 when PostgreSQL answers within 1 s, the broker is connected and start-up is done.
+#[utoipa::path(
+    get,
+    path = "/readiness",
+    tag = "health",
+    responses(
+        (status = 200, description = "Ready: `{\"status\": \"ok\"}`", body = super::schemas::Readiness),
+        (status = 500, description = "Not ready, and why", body = super::schemas::Readiness),
+    )
+)]
 pub async fn readiness(state: web::Data<AppState>) -> HttpResponse {
     let ping = tokio::time::timeout(Duration::from_secs(1), crate::store::ping(&state.pool)).await;
     if !matches!(ping, Ok(Ok(()))) {
@@ -56,6 +71,12 @@ pub async fn readiness(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    responses((status = 200, description = "Prometheus text exposition format 0.0.4", body = String, content_type = "text/plain; version=0.0.4"))
+)]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")

@@ -4,7 +4,9 @@ mod auth;
 mod body;
 pub mod errors;
 mod health;
+pub mod openapi;
 mod sagas;
+pub mod schemas;
 mod start;
 mod timeline;
 mod ui;
@@ -13,19 +15,34 @@ use actix_web::web;
 
 pub use errors::ApiError;
 
-/// Registers every route.
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/start", web::post().to(start::start))
-        .route("/sagas", web::get().to(sagas::list))
-        // Before `/sagas/{id}`: routes are matched in the order they are registered.
-        .route("/sagas/counts", web::get().to(sagas::counts))
-        .route("/sagas/{id}", web::get().to(sagas::get))
-        .route("/sagas/{id}/{action}", web::post().to(sagas::act))
-        .route("/liveness", web::get().to(health::liveness))
-        .route("/readiness", web::get().to(health::readiness))
-        .route("/metrics", web::get().to(health::metrics))
-        .configure(ui::routes)
-        .default_service(web::to(not_found));
+/// Declares the route table once: [`routes`] registers it and [`SERVED`] lists it, so the
+/// list the OpenAPI test compares with `/openapi.json` is the table actually served.
+macro_rules! route_table {
+    ($($method:ident $path:literal => $handler:path,)*) => {
+        /// Every route served, as `(method, path)` in the OpenAPI document's spelling.
+        pub const SERVED: &[(&str, &str)] = &[$((stringify!($method), $path)),*];
+
+        /// Registers every route; anything else answers 404 `{"error": "no such route"}`.
+        pub fn routes(cfg: &mut web::ServiceConfig) {
+            $(cfg.route($path, web::$method().to($handler));)*
+            // The saga browser's static pages: not part of the API document.
+            cfg.configure(ui::routes);
+            cfg.default_service(web::to(not_found));
+        }
+    };
+}
+
+route_table! {
+    post "/start" => start::start,
+    get "/sagas" => sagas::list,
+    // Before `/sagas/{id}`: routes are matched in the order they are registered.
+    get "/sagas/counts" => sagas::counts,
+    get "/sagas/{id}" => sagas::get,
+    post "/sagas/{id}/{action}" => sagas::act,
+    get "/liveness" => health::liveness,
+    get "/readiness" => health::readiness,
+    get "/metrics" => health::metrics,
+    get "/openapi.json" => openapi::document,
 }
 
 async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {

@@ -18,6 +18,19 @@ fn parse_id(raw: &str) -> Result<SagaId, ApiError> {
 }
 
 /// One saga with its history and its steps, by UUID or base62 code.
+#[utoipa::path(
+    get,
+    path = "/sagas/{id}",
+    tag = "sagas",
+    operation_id = "get_saga",
+    params(("id" = String, Path, description = "The saga's UUID or its base62 `code`")),
+    responses(
+        (status = 200, description = "The saga, its state and its history, oldest first", body = crate::store::SagaView),
+        (status = 400, description = "`id` is neither a UUID nor a base62 code", body = super::schemas::ErrorBody),
+        (status = 404, description = "No such saga", body = super::schemas::ErrorBody),
+        (status = 503, description = "PostgreSQL is unreachable", body = super::schemas::ErrorBody),
+    )
+)]
 pub async fn get(
     path: web::Path<String>,
     state: web::Data<AppState>,
@@ -35,6 +48,16 @@ pub async fn get(
 }
 
 /// `GET /sagas/counts`: `{"counts": {<status>: n, ...}, "total": n}`, every status listed.
+#[utoipa::path(
+    get,
+    path = "/sagas/counts",
+    tag = "sagas",
+    operation_id = "count_sagas",
+    responses(
+        (status = 200, description = "Sagas per status", body = super::schemas::CountsBody),
+        (status = 503, description = "PostgreSQL is unreachable", body = super::schemas::ErrorBody),
+    )
+)]
 pub async fn counts(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let mut counts: serde_json::Map<String, serde_json::Value> = Status::ALL
         .iter()
@@ -48,19 +71,48 @@ pub async fn counts(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
     Ok(HttpResponse::Ok().json(json!({ "counts": counts, "total": total })))
 }
 
-#[derive(Deserialize)]
+/// The query of `GET /sagas`; every field is optional and an empty one counts as absent.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only sagas in this status.
+    #[param(value_type = Option<crate::saga::Status>)]
     status: Option<String>,
+    /// Only sagas of this type.
     saga: Option<String>,
+    /// Page size.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500, default = 50)]
     limit: Option<String>,
+    /// The `next` cursor of the previous page.
     after: Option<String>,
+    /// Only sagas created after this time (RFC 3339).
+    #[param(value_type = Option<chrono::DateTime<chrono::Utc>>)]
     created_after: Option<String>,
+    /// Only sagas created before this time (RFC 3339).
+    #[param(value_type = Option<chrono::DateTime<chrono::Utc>>)]
     created_before: Option<String>,
+    /// `true`: only unfinished sagas with no transition for longer than the longest
+    /// legitimate wait (a step's `timeout_ms` x `max_attempts`, over every definition).
+    #[param(value_type = Option<bool>)]
     stuck: Option<String>,
+    /// Only unfinished sagas with no transition for this many seconds (overrides `stuck`).
+    #[param(value_type = Option<u64>, maximum = 315360000)]
     stuck_s: Option<String>,
 }
 
 /// Newest first, filtered by status and type, keyset-paginated by `after`.
+#[utoipa::path(
+    get,
+    path = "/sagas",
+    tag = "sagas",
+    operation_id = "list_sagas",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "One page, newest first; pass `next` as `after` for the next", body = super::schemas::SagaPage),
+        (status = 400, description = "A malformed filter, limit or cursor", body = super::schemas::ErrorBody),
+        (status = 503, description = "PostgreSQL is unreachable", body = super::schemas::ErrorBody),
+    )
+)]
 pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let q: ListQuery = serde_urlencoded::from_str(req.query_string())
         .map_err(|e| ApiError::BadRequest(format!("bad query: {e}")))?;
@@ -151,9 +203,11 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
 }
 
 /// Who asks for an operator action and why: `{"by": "...", "reason": "..."}` (both optional).
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 struct OperatorNote {
+    /// Who asks (recorded as `by <who>` in the history row's `detail`).
     by: Option<String>,
+    /// Why (recorded in the history row's `detail`).
     reason: Option<String>,
 }
 
@@ -273,6 +327,38 @@ async fn forward_action(
 /// `POST /sagas/{id}/{action}`: abort (a running saga compensates), retry (a failed saga
 /// re-sends its failed compensation), skip (the pending compensation is marked done without
 /// running it), resume (the pending command is re-sent now, its attempts reset).
+#[utoipa::path(
+    post,
+    path = "/sagas/{id}/{action}",
+    tag = "operator",
+    operation_id = "act_on_saga",
+    summary = "An operator action: abort, retry, skip or resume",
+    description = "`abort`: a `running` saga starts compensating, the step whose command is \
+        pending first. `retry`: a `failed` saga re-sends its failed compensate command (same \
+        `command_id`). `skip`: the pending compensation of a `compensating` or `failed` saga is \
+        marked done without running it. `resume`: the pending command of a `running` or \
+        `compensating` saga is re-sent now, its attempts reset. Any other state answers 409. \
+        The optional JSON body is recorded in the history row's `detail`.",
+    params(
+        ("id" = String, Path, description = "The saga's UUID or its base62 `code`"),
+        ("action" = super::schemas::OperatorAction, Path, description = "The action"),
+    ),
+    request_body(
+        content = Option<OperatorNote>,
+        content_type = "application/json",
+        description = "Optional: who asks and why; an empty body is fine",
+    ),
+    security(("admin_token" = [])),
+    responses(
+        (status = 202, description = "Accepted: the transition is committed", body = super::schemas::ActionAccepted),
+        (status = 400, description = "`id` is neither a UUID nor a code, or the body is not JSON", body = super::schemas::ErrorBody),
+        (status = 401, description = "`SAGA_ADMIN_TOKEN` is set and the bearer token is missing or wrong", body = super::schemas::ErrorBody),
+        (status = 404, description = "No such saga, or no such action", body = super::schemas::ErrorBody),
+        (status = 409, description = "The saga's status does not allow this action", body = super::schemas::ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = super::schemas::ErrorBody),
+        (status = 503, description = "PostgreSQL or RabbitMQ is unreachable, or the service is starting or stopping", body = super::schemas::ErrorBody),
+    )
+)]
 pub async fn act(
     req: HttpRequest,
     path: web::Path<(String, String)>,

@@ -121,6 +121,30 @@ fn decode(req: &HttpRequest, body: &[u8]) -> Result<StartRequest, ApiError> {
 }
 
 /// Stores a new saga and starts it; idempotent for a repeat with the same type and payload.
+///
+/// The body is JSON or a form; one without a content type is taken as JSON if it starts
+/// with `{`, else as a form. Never needs the admin token.
+#[utoipa::path(
+    post,
+    path = "/start",
+    tag = "sagas",
+    operation_id = "start_saga",
+    request_body(
+        description = "The saga to start",
+        content(
+            (super::schemas::StartJson = "application/json"),
+            (super::schemas::StartForm = "application/x-www-form-urlencoded"),
+        ),
+    ),
+    responses(
+        (status = 200, description = "Started, or a repeat with the same type and payload (nothing new is started)", body = super::schemas::Started),
+        (status = 400, description = "Malformed UUID, missing field, bad JSON, payload not an object, invalid UTF-8 in a form field, unknown saga type", body = super::schemas::ErrorBody),
+        (status = 409, description = "This `saga_id` was already started with another saga type or payload", body = super::schemas::ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = super::schemas::ErrorBody),
+        (status = 415, description = "A content type other than JSON or a form", body = super::schemas::ErrorBody),
+        (status = 503, description = "PostgreSQL or RabbitMQ is unreachable, or the service is starting or stopping; nothing was stored", body = super::schemas::ErrorBody),
+    )
+)]
 pub async fn start(
     req: HttpRequest,
     payload: web::Payload,

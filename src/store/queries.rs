@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use serde::Serialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::StoreError;
@@ -110,7 +111,7 @@ pub async fn load_unfinished(pool: &Pool) -> Result<Vec<SagaState>, StoreError> 
 }
 
 /// One history row as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct HistoryRow {
     /// Saga version after this transition.
     pub version: i64,
@@ -119,6 +120,7 @@ pub struct HistoryRow {
     /// Which step it concerned.
     pub step: Option<String>,
     /// Status after it.
+    #[schema(value_type = crate::saga::Status)]
     pub status: String,
     /// Error text or reason.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -131,7 +133,7 @@ pub struct HistoryRow {
 }
 
 /// One saga as the list shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct SagaRow {
     /// UUID.
     pub saga_id: Uuid,
@@ -142,6 +144,7 @@ pub struct SagaRow {
     /// Definition version it runs on.
     pub definition_version: i32,
     /// Status.
+    #[schema(value_type = crate::saga::Status)]
     pub status: String,
     /// Current step or null.
     pub step: Option<String>,
@@ -154,14 +157,16 @@ pub struct SagaRow {
 }
 
 /// One saga with its state and history (`GET /sagas/{id}`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct SagaView {
     /// The row's columns.
     #[serde(flatten)]
     pub row: SagaRow,
     /// The start payload.
+    #[schema(value_type = Object)]
     pub payload: Value,
     /// The full snapshot (steps, results, pending command).
+    #[schema(value_type = Object)]
     pub state: Value,
     /// Every transition, oldest first.
     pub history: Vec<HistoryRow>,
@@ -170,7 +175,7 @@ pub struct SagaView {
 }
 
 /// A reply kept against its saga because it could not be applied.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct QuarantineRow {
     /// Why it could not be applied.
     pub reason: String,
@@ -324,8 +329,13 @@ pub struct ListFilter {
 /// Newest first, filtered, one page; the cursor of the next page if there may be one.
 ///
 /// Only the predicates a request uses are in the statement (each a fixed fragment with
-/// a parameter), so PostgreSQL plans each shape on the `(status|saga, created_at, id)`
-/// indexes of `sql/0001_init.sql`.
+/// a parameter), so PostgreSQL plans each shape on an index it walks in list order and
+/// leaves after one page: `(created_at, id)` and `(status|saga, created_at, id)`
+/// (`sql/0001_init.sql`); for a type with an unfinished status, and for stuck sagas, the
+/// partial `(saga, created_at, id)` and `(created_at, id)` indexes of unfinished sagas
+/// (`sql/0005_list_indexes.sql`), or the partial `(updated_at)` one when few are idle that
+/// long (`sql/0003_stuck_index.sql`). `scripts/list-bench.sh` times each shape at a
+/// million rows and shows its plan.
 pub async fn list(
     pool: &Pool,
     f: &ListFilter,

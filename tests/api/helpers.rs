@@ -217,6 +217,24 @@ pub async fn start_app_with(
     test
 }
 
+/// Starts an app whose database is never created, so PostgreSQL is unreachable for it: it
+/// keeps retrying start-up and answers 503 (readiness 500) meanwhile. Does not wait.
+pub async fn spawn_unreachable_app() -> TestApp {
+    let names = Names::new();
+    write_definitions(&names, &[steps(&names, 1, 30_000, 1)]);
+    let app = Application::build(settings(&names), false).expect("build app");
+    let test = TestApp {
+        address: format!("http://127.0.0.1:{}", app.port()),
+        http: reqwest::Client::new(),
+        state: app.state(),
+        server: app.server_handle(),
+        names,
+        cleanup: true,
+    };
+    actix_web::rt::spawn(app.run_until_stopped());
+    test
+}
+
 impl TestApp {
     /// Full URL of a path.
     pub fn url(&self, path: &str) -> String {

@@ -10,6 +10,7 @@ mod completion;
 mod http_api;
 mod late;
 mod listing;
+mod openapi;
 mod operator;
 mod passivation;
 mod quarantine;
