@@ -307,7 +307,7 @@ impl ServeArgs {
                 self.partitions
             )));
         }
-        if self.lease_renew_ms == 0 || self.lease_renew_ms * 2 > self.lease_ms {
+        if self.lease_renew_ms == 0 || self.lease_renew_ms.saturating_mul(2) > self.lease_ms {
             return Err(ConfigError(format!(
                 "invalid SAGA_LEASE_RENEW_MS `{}`: must be at least 1 and at most half of SAGA_LEASE_MS ({})",
                 self.lease_renew_ms, self.lease_ms

@@ -87,6 +87,10 @@ impl Registry {
         if let Some(addr) = self.live(&state.saga_id) {
             return Some(addr);
         }
+        // Its partition changed hands while it was being loaded or started: not ours to drive.
+        if !self.env.ownership.owns(&state.saga_id) {
+            return None;
+        }
         let Some(def) = self.env.catalog.get(&state.saga, state.definition_version) else {
             log::error!(
                 "saga={} step=- definition {} v{} is not stored; the saga cannot run",
@@ -181,6 +185,9 @@ impl Registry {
                             act.sagas.remove(&saga_id);
                             Ok(None)
                         }
+                        Ok(Some(_)) if !act.env.ownership.owns(&saga_id) => Err(
+                            DeliverError::NotOwner(act.env.ownership.partition(&saga_id)),
+                        ),
                         Ok(Some(state)) => match act.revive(state, how, ctx) {
                             Some(addr) => Ok(Some(addr)),
                             None => Err(DeliverError::Store(StoreError::Corrupt(format!(

@@ -343,7 +343,11 @@ async fn save_durably(env: Arc<Env>, write: Arc<SnapshotWrite>) -> Result<(), St
             // retry then finds the row at our version already. That is success, not a conflict.
             Err(StoreError::Conflict(id)) if retried => {
                 match crate::store::queries::load_version(env.writer.pool(), id).await {
-                    Ok(Some(v)) if v == write.version => return Ok(()),
+                    // Our own commit only if the row holds our very snapshot: with several
+                    // instances, another owner may have committed a different one at this version.
+                    Ok(Some((v, state))) if v == write.version && state == write.state => {
+                        return Ok(())
+                    }
                     _ => return Err(StoreError::Conflict(id)),
                 }
             }
@@ -390,7 +394,7 @@ impl Actor for SagaActor {
 impl Handler<ApplyEvent> for SagaActor {
     type Result = AtomicResponse<Self, Result<Applied, DeliverError>>;
 
-    fn handle(&mut self, msg: ApplyEvent, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: ApplyEvent, ctx: &mut Self::Context) -> Self::Result {
         self.last_activity = Instant::now();
         let event = msg.0;
         let mut transition = match saga::apply(&self.state, &self.def, &event) {
@@ -407,6 +411,8 @@ impl Handler<ApplyEvent> for SagaActor {
         // Written under this instance's lease on the saga's partition, or not at all.
         let Some(fence) = self.env.ownership.fence(&self.state.saga_id) else {
             let partition = self.env.ownership.partition(&self.state.saga_id);
+            // No longer ours: stop as on a hand-over (the registry forgets it too).
+            ctx.notify(Relinquish);
             return AtomicResponse::new(Box::pin(fut::ready(Err(DeliverError::NotOwner(
                 partition,
             )))));

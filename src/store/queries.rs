@@ -409,11 +409,11 @@ pub async fn count_by_status(pool: &Pool) -> Result<Vec<(String, i64)>, StoreErr
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
-/// The committed version of a saga, if it exists (to settle an ambiguous commit).
-pub async fn load_version(pool: &Pool, id: Uuid) -> Result<Option<i64>, StoreError> {
+/// The committed version and snapshot of a saga, if it exists (to settle an ambiguous commit).
+pub async fn load_version(pool: &Pool, id: Uuid) -> Result<Option<(i64, Value)>, StoreError> {
     let client = pool.get().await?;
     let row = client
-        .query_opt("SELECT version FROM sagas WHERE id = $1", &[&id])
+        .query_opt("SELECT version, state FROM sagas WHERE id = $1", &[&id])
         .await?;
-    Ok(row.map(|r| r.get(0)))
+    Ok(row.map(|r| (r.get(0), r.get(1))))
 }
