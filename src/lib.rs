@@ -8,6 +8,7 @@ pub mod domain;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod relay;
 pub mod saga;
 pub mod startup;
 pub mod store;

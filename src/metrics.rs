@@ -40,6 +40,8 @@ pub struct Metrics {
     pub partitions_held: IntGauge,
     /// Partition leases acquired, lost (taken by another) and released (rebalancing).
     pub partition_changes: IntCounterVec,
+    /// Lifecycle events the outbox relay published and the broker confirmed.
+    pub events_announced: IntCounter,
 }
 
 impl Metrics {
@@ -132,7 +134,13 @@ impl Metrics {
             "Partition leases acquired, lost and released",
             &["change"],
         )?;
+        let events_announced = IntCounter::new(
+            "saga_events_announced_total",
+            "Lifecycle events published from the outbox and confirmed by the broker",
+        )?;
+        registry.register(Box::new(events_announced.clone()))?;
         Ok(Metrics {
+            events_announced,
             partitions_held,
             partition_changes,
             registry,

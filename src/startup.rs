@@ -131,8 +131,8 @@ async fn boot(settings: Settings, state: web::Data<AppState>) {
     })
     .await;
     let command_queues = catalog
-        .all
-        .values()
+        .all()
+        .iter()
         .flat_map(|d| d.steps.iter().map(|s| s.queue.clone()))
         .collect();
     let broker = Broker::new(
@@ -161,7 +161,14 @@ async fn boot(settings: Settings, state: web::Data<AppState>) {
         passivate_after: settings.passivate_after,
         drain: state.drain.clone(),
         ownership,
+        outbox: Arc::new(tokio::sync::Notify::new()),
     });
+    actix::spawn(crate::relay::run(
+        pool.clone(),
+        broker.clone(),
+        env.outbox.clone(),
+        state.metrics.clone(),
+    ));
     let registry = Registry::new(env.clone()).start();
     let _ = state.core.set(Core {
         registry: registry.clone(),
@@ -177,7 +184,7 @@ async fn boot(settings: Settings, state: web::Data<AppState>) {
     let (leased, first_round) = oneshot::channel();
     actix::spawn(
         LeaseLoop::new(
-            pool.clone(),
+            store::build_lease_pool(settings.database.clone(), settings.cluster.lease),
             env.clone(),
             registry.clone(),
             settings.cluster.clone(),

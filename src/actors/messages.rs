@@ -30,6 +30,12 @@ pub enum DeliverError {
     /// The saga's partition is held by another instance (or by none right now).
     #[error("partition {0} is not held by this instance")]
     NotOwner(u32),
+    /// `If-Match` named another version than the saga's: nothing was done.
+    #[error("the saga is at version {current}, not the one given in If-Match")]
+    Precondition {
+        /// The saga's version now.
+        current: i64,
+    },
 }
 
 /// Tells the registry that this instance no longer holds these partitions: their actors
@@ -43,11 +49,42 @@ pub struct ReleasePartitions(pub Vec<u32>);
 #[rtype(result = "()")]
 pub struct Relinquish;
 
+/// The conditions an operator action is taken under (CONTRACT.md section 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActionGuard {
+    /// `If-Match`: the saga must be at this version, else nothing happens (412).
+    pub if_version: Option<i64>,
+    /// The transition must be committed before this instant, or never: the caller is told
+    /// 503 when it is not, and the database refuses the write once it is past.
+    pub deadline: chrono::DateTime<chrono::Utc>,
+}
+
 /// Applies an event to one saga (with an operator's note and the cause's `traceparent`
 /// for the history row): the saga actor commits the transition, then acts on it.
 #[derive(Message)]
 #[rtype(result = "Result<Applied, DeliverError>")]
-pub struct ApplyEvent(pub Event, pub Option<String>, pub Option<String>);
+pub struct ApplyEvent {
+    /// The event.
+    pub event: Event,
+    /// Who asked and why (operator actions), recorded in the history row.
+    pub note: Option<String>,
+    /// The `traceparent` of the cause, recorded in the history row.
+    pub trace: Option<String>,
+    /// Set for operator actions.
+    pub guard: Option<ActionGuard>,
+}
+
+impl ApplyEvent {
+    /// An event with no note, trace or guard (timers).
+    pub fn new(event: Event) -> Self {
+        ApplyEvent {
+            event,
+            note: None,
+            trace: None,
+            guard: None,
+        }
+    }
+}
 
 /// Asks the registry to route an event to a saga, loading the saga if it is not in memory.
 #[derive(Message)]
@@ -61,6 +98,31 @@ pub struct DeliverEvent {
     pub note: Option<String>,
     /// The `traceparent` of the reply, recorded in the history row.
     pub trace: Option<String>,
+    /// Set for operator actions: `If-Match` and the commit deadline.
+    pub guard: Option<ActionGuard>,
+}
+
+impl DeliverEvent {
+    /// An event for a saga, with no note, trace or guard.
+    pub fn new(saga_id: Uuid, event: Event) -> Self {
+        DeliverEvent {
+            saga_id,
+            event,
+            note: None,
+            trace: None,
+            guard: None,
+        }
+    }
+
+    /// The same, as the message a saga actor takes.
+    pub fn to_apply(&self) -> ApplyEvent {
+        ApplyEvent {
+            event: self.event.clone(),
+            note: self.note.clone(),
+            trace: self.trace.clone(),
+            guard: self.guard,
+        }
+    }
 }
 
 /// Asks the registry to spawn the actor of a saga whose start was just committed.

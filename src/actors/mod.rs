@@ -31,4 +31,6 @@ pub struct Env {
     pub drain: Arc<crate::app_state::Drain>,
     /// The partitions this instance holds.
     pub ownership: Arc<crate::cluster::Ownership>,
+    /// Wakes the outbox relay after a commit that wrote a lifecycle event.
+    pub outbox: Arc<tokio::sync::Notify>,
 }

@@ -14,8 +14,8 @@ use futures_util::StreamExt;
 use uuid::Uuid;
 
 use super::messages::{
-    Applied, ApplyEvent, CountLive, Crash, CrashSaga, DeliverError, DeliverEvent, EnsureLive,
-    Passivated, RehydrateSagas, ReleasePartitions, Relinquish, RestartSaga, ResumeSaga, RetireSaga,
+    Applied, CountLive, Crash, CrashSaga, DeliverError, DeliverEvent, EnsureLive, Passivated,
+    RehydrateSagas, ReleasePartitions, Relinquish, RestartSaga, ResumeSaga, RetireSaga,
     SagaCrashed, SpawnSaga,
 };
 use super::saga_actor::encode_command;
@@ -27,8 +27,15 @@ use crate::store::{queries, StoreError};
 enum Slot {
     /// In memory.
     Live(Addr<SagaActor>),
-    /// Stopped to save memory; reloaded from its snapshot on the next event.
-    Passive,
+    /// Stopped to save memory (or rehydrated without an actor); reloaded from its snapshot
+    /// on the next event.
+    Passive {
+        /// Generation of the timer the registry holds for it, if any.
+        wake: Option<i64>,
+        /// Rehydrated, with its pending command's re-send not confirmed yet: (generation,
+        /// time-out to arm once it is).
+        resend: Option<(i64, u64)>,
+    },
 }
 
 /// A timer of a passive saga.
@@ -36,18 +43,34 @@ enum Slot {
 struct Wake {
     due: Instant,
     saga_id: Uuid,
-    attempt: u32,
+    generation: i64,
     command_id: Box<str>,
 }
 
 /// How a saga loaded from its snapshot is brought back.
 #[derive(Clone, Copy)]
 enum Revive {
-    /// It was being driven here a moment ago (passivated, or its actor just stopped):
-    /// nothing to re-send; its timer is kept by the registry.
-    Reactivate,
-    /// Unknown here: re-send its pending command and re-arm its timer.
+    /// It was being driven here a moment ago (passivated): nothing to re-send, its timer
+    /// (of this generation) is held by the registry.
+    Reactivate(Option<i64>),
+    /// Unknown here, or its held timer does not fit its snapshot: re-send its pending
+    /// command and re-arm its timer.
     Resume,
+}
+
+impl Revive {
+    /// Reactivating is only right when the registry holds the timer the snapshot expects
+    /// (the snapshot may have moved on under another owner, or the timer was never armed).
+    fn checked(self, state: &SagaState) -> Revive {
+        let needs_timer = state
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.phase != crate::saga::Phase::Parked);
+        match self {
+            Revive::Reactivate(held) if needs_timer && held != Some(state.timer) => Revive::Resume,
+            other => other,
+        }
+    }
 }
 
 /// Supervisor of every saga actor. Holds addresses and passive sagas' timers only.
@@ -112,8 +135,8 @@ impl Registry {
         how: Revive,
         ctx: &mut Context<Self>,
     ) -> Option<Addr<SagaActor>> {
-        let effects = match how {
-            Revive::Reactivate => Vec::new(),
+        let effects = match how.checked(&state) {
+            Revive::Reactivate(_) => Vec::new(),
             Revive::Resume => {
                 let def = self
                     .env
@@ -137,10 +160,11 @@ impl Registry {
                 saga_id: w.saga_id,
                 event: Event::TimerFired {
                     command_id: w.command_id.to_string(),
-                    attempt: w.attempt,
+                    generation: w.generation,
                 },
                 note: None,
                 trace: None,
+                guard: None,
             });
             ctx.spawn(deliver.into_actor(self).map(move |res, act, _ctx| {
                 let failed = match res {
@@ -161,47 +185,42 @@ impl Registry {
 
     fn load_and_apply(
         &mut self,
-        saga_id: Uuid,
-        event: Event,
-        note: Option<String>,
-        trace: Option<String>,
+        msg: DeliverEvent,
         how: Revive,
     ) -> ResponseActFuture<Self, Result<Applied, DeliverError>> {
+        let saga_id = msg.saga_id;
         let load = self.load_owned(saga_id);
         Box::pin(
             load.into_actor(self)
-                .map(move |loaded, act, ctx| {
-                    let route = match loaded {
-                        Err(StoreError::NotOwner(_)) => {
-                            act.sagas.remove(&saga_id);
-                            act.env.ownership.recheck();
-                            Err(DeliverError::NotOwner(
-                                act.env.ownership.partition(&saga_id),
-                            ))
-                        }
-                        Err(e) => Err(e.into()),
-                        Ok(None) => Err(DeliverError::UnknownSaga(saga_id)),
-                        Ok(Some(state)) if state.status.is_terminal() => {
-                            act.sagas.remove(&saga_id);
-                            Ok(None)
-                        }
-                        Ok(Some(_)) if !act.env.ownership.owns(&saga_id) => Err(
-                            DeliverError::NotOwner(act.env.ownership.partition(&saga_id)),
-                        ),
-                        Ok(Some(state)) => match act.revive(state, how, ctx) {
-                            Some(addr) => Ok(Some(addr)),
-                            None => Err(DeliverError::Store(StoreError::Corrupt(format!(
-                                "saga {saga_id}: its definition is not stored"
-                            )))),
-                        },
-                    };
-                    (route, event)
+                .map(move |loaded, act, ctx| match loaded {
+                    Err(StoreError::NotOwner(_)) => {
+                        act.sagas.remove(&saga_id);
+                        act.env.ownership.recheck();
+                        Err(DeliverError::NotOwner(
+                            act.env.ownership.partition(&saga_id),
+                        ))
+                    }
+                    Err(e) => Err(e.into()),
+                    Ok(None) => Err(DeliverError::UnknownSaga(saga_id)),
+                    Ok(Some(state)) if state.status.is_terminal() => {
+                        act.sagas.remove(&saga_id);
+                        Ok(None)
+                    }
+                    Ok(Some(_)) if !act.env.ownership.owns(&saga_id) => Err(
+                        DeliverError::NotOwner(act.env.ownership.partition(&saga_id)),
+                    ),
+                    Ok(Some(state)) => match act.revive(state, how, ctx) {
+                        Some(addr) => Ok(Some(addr)),
+                        None => Err(DeliverError::Store(StoreError::Corrupt(format!(
+                            "saga {saga_id}: its definition is not stored"
+                        )))),
+                    },
                 })
-                .then(move |(route, event), act, _ctx| {
+                .then(move |route, act, _ctx| {
                     let fut: ResponseActFuture<Self, Result<Applied, DeliverError>> = match route {
                         Ok(Some(addr)) => Box::pin(
                             async move {
-                                match addr.send(ApplyEvent(event, note, trace)).await {
+                                match addr.send(msg.to_apply()).await {
                                     Ok(applied) => applied,
                                     Err(_) => Err(DeliverError::ActorGone),
                                 }
@@ -229,11 +248,17 @@ impl Registry {
         let pool = self.env.writer.pool().clone();
         let fence = self.env.ownership.fence(&saga_id);
         let instance = self.env.ownership.instance().to_string();
+        let catalog = self.env.catalog.clone();
         async move {
-            match fence {
-                Some(fence) => queries::load_owned(&pool, saga_id, &instance, fence).await,
-                None => Err(StoreError::NotOwner(saga_id)),
+            let state = match fence {
+                Some(fence) => queries::load_owned(&pool, saga_id, &instance, fence).await?,
+                None => return Err(StoreError::NotOwner(saga_id)),
+            };
+            // A version stored by another instance after this one started: load it now.
+            if let Some(s) = &state {
+                catalog.fetch(&pool, &s.saga, s.definition_version).await?;
             }
+            Ok(state)
         }
     }
 }
@@ -259,9 +284,12 @@ impl Handler<SpawnSaga> for Registry {
 impl Handler<RehydrateSagas> for Registry {
     type Result = usize;
 
-    /// Registers every unfinished saga as passive, arms its timer here, and re-sends its
-    /// pending command at the broker's pace (a bounded number of publishes in flight).
-    fn handle(&mut self, msg: RehydrateSagas, _ctx: &mut Self::Context) -> usize {
+    /// Registers every unfinished saga as passive and re-sends its pending command at the
+    /// broker's pace (a bounded number of publishes in flight). Its time-out is armed only
+    /// once the broker confirmed the re-send (an unconfirmed send is not an attempt), and
+    /// before every retry the re-send checks that it is still the saga's pending command: an
+    /// event that reached the saga meanwhile revives it, and the revived actor sends itself.
+    fn handle(&mut self, msg: RehydrateSagas, ctx: &mut Self::Context) -> usize {
         let mut resends = Vec::new();
         let now = Instant::now();
         let mut n = 0;
@@ -279,6 +307,10 @@ impl Handler<RehydrateSagas> for Registry {
                 );
                 continue;
             };
+            let generation = state.timer;
+            let mut slot_wake = None;
+            let mut slot_resend = None;
+            let mut send = None;
             for effect in saga::resume(&state, &def) {
                 match effect {
                     Effect::Send {
@@ -287,77 +319,163 @@ impl Handler<RehydrateSagas> for Registry {
                         command_id,
                         attempt,
                     } => {
-                        if let Some((queue, body)) =
-                            encode_command(&state, &def, step, action, &command_id, attempt)
-                        {
-                            resends.push((
+                        send = encode_command(&state, &def, step, action, &command_id, attempt)
+                            .map(|(queue, body)| Resend {
+                                saga_id: state.saga_id,
+                                generation,
                                 queue,
                                 command_id,
                                 action,
                                 body,
-                                state.traceparent.clone(),
-                            ));
-                        }
+                                trace: state.traceparent.clone(),
+                            });
                     }
                     Effect::ArmTimer {
                         command_id,
-                        attempt,
                         after_ms,
-                    } => self.wakes.push(Reverse(Wake {
-                        due: now + Duration::from_millis(after_ms),
-                        saga_id: state.saga_id,
-                        attempt,
-                        command_id: command_id.into(),
-                    })),
+                        ..
+                    } => {
+                        if send.is_some() {
+                            slot_resend = Some((generation, after_ms));
+                        } else {
+                            slot_wake = Some(generation);
+                            self.wakes.push(Reverse(Wake {
+                                due: now + Duration::from_millis(after_ms),
+                                saga_id: state.saga_id,
+                                generation,
+                                command_id: command_id.into(),
+                            }));
+                        }
+                    }
                     Effect::Announce(_) => {}
                 }
             }
-            self.sagas.insert(state.saga_id, Slot::Passive);
+            resends.extend(send);
+            self.sagas.insert(
+                state.saga_id,
+                Slot::Passive {
+                    wake: slot_wake,
+                    resend: slot_resend,
+                },
+            );
             n += 1;
         }
         let env = self.env.clone();
+        let registry = ctx.address();
         actix::spawn(async move {
             futures_util::stream::iter(resends)
-                .for_each_concurrent(
-                    RESEND_CONCURRENCY,
-                    |(queue, command_id, action, body, trace)| {
-                        let env = env.clone();
-                        async move {
-                            env.metrics
-                                .commands
-                                .with_label_values(&[action.as_str(), "rehydrate"])
-                                .inc();
-                            for retry in 0..30u32 {
-                                match env
-                                    .broker
-                                    .send_command(
-                                        &queue,
-                                        &command_id,
-                                        action.as_str(),
-                                        &body,
-                                        trace.as_deref(),
-                                    )
-                                    .await
-                                {
-                                    Ok(()) => {
-                                        env.metrics.commands_confirmed.inc();
-                                        return;
-                                    }
-                                    // The saga's time-out re-sends it anyway if this keeps failing.
-                                    Err(_) => {
-                                        tokio::time::sleep(Duration::from_millis(
-                                            200 << retry.min(4),
-                                        ))
-                                        .await
-                                    }
-                                }
-                            }
-                        }
-                    },
-                )
+                .for_each_concurrent(RESEND_CONCURRENCY, |r| {
+                    resend_until_confirmed(env.clone(), registry.clone(), r)
+                })
                 .await;
         });
         n
+    }
+}
+
+/// The pending command of a rehydrated saga, to send again.
+struct Resend {
+    saga_id: Uuid,
+    generation: i64,
+    queue: String,
+    command_id: String,
+    action: crate::saga::StepAction,
+    body: Vec<u8>,
+    trace: Option<String>,
+}
+
+/// Publishes a rehydrated saga's pending command until the broker confirms it, as long as
+/// the registry says it is still that saga's unconfirmed re-send; then has its time-out armed.
+async fn resend_until_confirmed(env: Arc<Env>, registry: Addr<Registry>, r: Resend) {
+    let mut retry = 0u32;
+    loop {
+        let still = registry
+            .send(MayResend {
+                saga_id: r.saga_id,
+                generation: r.generation,
+            })
+            .await
+            .unwrap_or(false);
+        if !still {
+            return;
+        }
+        env.metrics
+            .commands
+            .with_label_values(&[r.action.as_str(), "rehydrate"])
+            .inc();
+        let sent = env
+            .broker
+            .send_command(
+                &r.queue,
+                &r.command_id,
+                r.action.as_str(),
+                &r.body,
+                r.trace.as_deref(),
+            )
+            .await;
+        if sent.is_ok() {
+            env.metrics.commands_confirmed.inc();
+            registry.do_send(Resent {
+                saga_id: r.saga_id,
+                generation: r.generation,
+                command_id: r.command_id.into(),
+            });
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis((200u64 << retry.min(5)).min(5_000))).await;
+        retry += 1;
+    }
+}
+
+/// Asks whether a rehydrated saga's re-send is still due (it is passive and unconfirmed).
+#[derive(Message)]
+#[rtype(result = "bool")]
+struct MayResend {
+    saga_id: Uuid,
+    generation: i64,
+}
+
+impl Handler<MayResend> for Registry {
+    type Result = bool;
+
+    fn handle(&mut self, msg: MayResend, _ctx: &mut Self::Context) -> bool {
+        matches!(
+            self.sagas.get(&msg.saga_id),
+            Some(Slot::Passive { resend: Some((g, _)), .. }) if *g == msg.generation
+        ) && self.env.ownership.owns(&msg.saga_id)
+    }
+}
+
+/// Tells the registry the broker confirmed a rehydrated saga's re-send: arm its time-out.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Resent {
+    saga_id: Uuid,
+    generation: i64,
+    command_id: Box<str>,
+}
+
+impl Handler<Resent> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Resent, _ctx: &mut Self::Context) {
+        let Some(Slot::Passive { wake, resend }) = self.sagas.get_mut(&msg.saga_id) else {
+            return;
+        };
+        let Some((generation, after_ms)) = *resend else {
+            return;
+        };
+        if generation != msg.generation {
+            return;
+        }
+        *resend = None;
+        *wake = Some(generation);
+        self.wakes.push(Reverse(Wake {
+            due: Instant::now() + Duration::from_millis(after_ms),
+            saga_id: msg.saga_id,
+            generation,
+            command_id: msg.command_id,
+        }));
     }
 }
 
@@ -365,21 +483,17 @@ impl Handler<DeliverEvent> for Registry {
     type Result = ResponseActFuture<Self, Result<Applied, DeliverError>>;
 
     fn handle(&mut self, msg: DeliverEvent, _ctx: &mut Self::Context) -> Self::Result {
-        let DeliverEvent {
-            saga_id,
-            event,
-            note,
-            trace,
-        } = msg;
+        let saga_id = msg.saga_id;
         if !self.env.ownership.owns(&saga_id) {
             let partition = self.env.ownership.partition(&saga_id);
             return Box::pin(fut::ready(Err(DeliverError::NotOwner(partition))));
         }
         if let Some(addr) = self.live(&saga_id) {
             let fut = async move {
-                addr.send(ApplyEvent(event.clone(), note.clone(), trace.clone()))
-                    .await
-                    .map_err(|_| (event, note, trace))
+                match addr.send(msg.to_apply()).await {
+                    Ok(applied) => Ok(applied),
+                    Err(_) => Err(msg),
+                }
             };
             return Box::pin(fut.into_actor(self).then(move |res, act, _ctx| {
                 let fut: ResponseActFuture<Self, Result<Applied, DeliverError>> = match res {
@@ -387,19 +501,16 @@ impl Handler<DeliverEvent> for Registry {
                     // The actor stopped (finished, passivated, reloading) before taking it: look again.
                     // Resume, not reactivate: it may have stopped after a failed commit, with
                     // its command unsent and its timer gone. A re-send is harmless.
-                    Err((event, note, trace)) => {
-                        act.load_and_apply(saga_id, event, note, trace, Revive::Resume)
-                    }
+                    Err(msg) => act.load_and_apply(msg, Revive::Resume),
                 };
                 fut
             }));
         }
-        let how = if self.sagas.contains_key(&saga_id) {
-            Revive::Reactivate
-        } else {
-            Revive::Resume
+        let how = match self.sagas.get(&saga_id) {
+            Some(Slot::Passive { wake, resend: None }) => Revive::Reactivate(*wake),
+            _ => Revive::Resume,
         };
-        self.load_and_apply(saga_id, event, note, trace, how)
+        self.load_and_apply(msg, how)
     }
 }
 
@@ -408,13 +519,19 @@ impl Handler<Passivated> for Registry {
 
     fn handle(&mut self, msg: Passivated, _ctx: &mut Self::Context) {
         if matches!(self.sagas.get(&msg.saga_id), Some(Slot::Live(a)) if *a == msg.addr) {
-            self.sagas.insert(msg.saga_id, Slot::Passive);
+            self.sagas.insert(
+                msg.saga_id,
+                Slot::Passive {
+                    wake: msg.timer.as_ref().map(|t| t.generation),
+                    resend: None,
+                },
+            );
         }
         if let Some(t) = msg.timer {
             self.wakes.push(Reverse(Wake {
                 due: t.due,
                 saga_id: msg.saga_id,
-                attempt: t.attempt,
+                generation: t.generation,
                 command_id: t.command_id.into(),
             }));
         }

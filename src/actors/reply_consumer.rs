@@ -96,16 +96,20 @@ async fn control(
     if !env.ownership.owns(&c.saga_id) {
         return elsewhere(partition, source);
     }
-    let Some(event) = c.op.event() else {
+    if c.op == crate::broker::wire::ControlOp::Wake {
         registry.do_send(EnsureLive(c.saga_id));
         return Settle::Ack("handed_over");
+    }
+    let Some(event) = c.event() else {
+        return Settle::DeadLetter("hand-over names no step to skip".into(), None);
     };
     let answer = registry
         .send(DeliverEvent {
             saga_id: c.saga_id,
             event,
-            note: c.note,
+            note: c.note.clone(),
             trace: None,
+            guard: c.guard(),
         })
         .await;
     match answer {
@@ -118,7 +122,13 @@ async fn control(
             );
             Settle::Ack("handed_over")
         }
-        Ok(Err(DeliverError::UnknownSaga(_))) => Settle::Ack("handed_over"),
+        Ok(Err(DeliverError::UnknownSaga(_))) | Ok(Err(DeliverError::Precondition { .. })) => {
+            Settle::Ack("handed_over")
+        }
+        // Not committed before the asker's deadline: the asker answered 503; never later.
+        Ok(Err(DeliverError::Store(crate::store::StoreError::DeadlinePassed))) => {
+            Settle::Ack("handed_over")
+        }
         Ok(Err(DeliverError::NotOwner(p))) => elsewhere(p, source),
         Ok(Err(_)) | Err(_) => Settle::Requeue,
     }
@@ -160,10 +170,16 @@ impl StreamHandler<ReplyDelivery> for ReplyConsumer {
                             event,
                             note: None,
                             trace: delivery.traceparent(),
+                            guard: None,
                         })
                         .await
                     {
                         Ok(Ok(Applied::Transitioned)) => Settle::Ack("accepted"),
+                        // Judged stale on state this instance may no longer own (its lease
+                        // ran out meanwhile): not ours to drop; its owner judges it again.
+                        Ok(Ok(Applied::Ignored(_))) if !env.ownership.owns(&saga_id) => {
+                            elsewhere(env.ownership.partition(&saga_id), source)
+                        }
                         Ok(Ok(Applied::Ignored(TransitionError::Stale(_))))
                         | Ok(Ok(Applied::Ignored(TransitionError::Finished(_)))) => {
                             Settle::Ack("ignored")

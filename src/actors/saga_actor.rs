@@ -45,8 +45,20 @@ pub struct ArmedTimer {
     pub due: Instant,
     /// The command it is for.
     pub command_id: String,
-    /// The attempt it is for.
-    pub attempt: u32,
+    /// Its generation (`SagaState::timer` when it was armed).
+    pub generation: i64,
+}
+
+/// One command to publish, and the time-out to arm once the broker confirmed it.
+struct Outgoing {
+    step: usize,
+    action: StepAction,
+    command_id: String,
+    attempt: u32,
+    /// The timer generation of the transition that asked for the send.
+    generation: i64,
+    /// Arm this time-out (ms) once confirmed.
+    then_arm: Option<u64>,
 }
 
 /// The queue and body of a command, as the participant receives it.
@@ -126,8 +138,31 @@ impl SagaActor {
             .unwrap_or("?")
     }
 
-    /// Carries out the effects of a committed transition.
+    /// Carries out the effects of a committed transition (or of a resumption). A time-out
+    /// that follows a send is armed only once the broker confirmed that send: a send the
+    /// broker never took is not an attempt, so a broker outage cannot use attempts up.
     fn perform(&mut self, effects: Vec<Effect>, ctx: &mut Context<Self>) {
+        let generation = self.state.timer;
+        let sent: Vec<String> = effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Send { command_id, .. } => Some(command_id.clone()),
+                _ => None,
+            })
+            .collect();
+        let mut arm_after_confirm = std::collections::HashMap::new();
+        for effect in &effects {
+            if let Effect::ArmTimer {
+                command_id,
+                after_ms,
+                ..
+            } = effect
+            {
+                if sent.contains(command_id) {
+                    arm_after_confirm.insert(command_id.clone(), *after_ms);
+                }
+            }
+        }
         for effect in effects {
             match effect {
                 Effect::Send {
@@ -135,56 +170,94 @@ impl SagaActor {
                     action,
                     command_id,
                     attempt,
-                } => self.send_command(step, action, command_id, attempt, 0, ctx),
+                } => {
+                    let then_arm = arm_after_confirm.get(&command_id).copied();
+                    let send = Outgoing {
+                        step,
+                        action,
+                        command_id,
+                        attempt,
+                        generation,
+                        then_arm,
+                    };
+                    self.send_command(send, 0, ctx)
+                }
                 Effect::ArmTimer {
                     command_id,
-                    attempt,
                     after_ms,
+                    ..
                 } => {
-                    if let Some(old) = self.timer.take() {
-                        ctx.cancel_future(old);
+                    if !arm_after_confirm.contains_key(&command_id) {
+                        self.arm(command_id, generation, after_ms, ctx);
                     }
-                    self.armed = Some(ArmedTimer {
-                        due: Instant::now() + Duration::from_millis(after_ms),
-                        command_id: command_id.clone(),
-                        attempt,
-                    });
-                    let handle = ctx.run_later(Duration::from_millis(after_ms), move |act, ctx| {
-                        act.timer = None;
-                        act.armed = None;
-                        ctx.notify(ApplyEvent(
-                            Event::TimerFired {
-                                command_id,
-                                attempt,
-                            },
-                            None,
-                            None,
-                        ));
-                    });
-                    self.timer = Some(handle);
                 }
                 Effect::Announce(status) => self.announce(status),
             }
         }
     }
 
-    /// Publishes the pending command; on failure retries with back-off while it is still pending.
-    fn send_command(
-        &mut self,
-        step: usize,
-        action: StepAction,
-        command_id: String,
-        attempt: u32,
-        retry: u32,
-        ctx: &mut Context<Self>,
-    ) {
-        let Some((queue, bytes)) =
-            encode_command(&self.state, &self.def, step, action, &command_id, attempt)
-        else {
+    /// Arms the saga's one timer (replacing any armed before) with a generation.
+    fn arm(&mut self, command_id: String, generation: i64, after_ms: u64, ctx: &mut Context<Self>) {
+        if let Some(old) = self.timer.take() {
+            ctx.cancel_future(old);
+        }
+        self.armed = Some(ArmedTimer {
+            due: Instant::now() + Duration::from_millis(after_ms),
+            command_id: command_id.clone(),
+            generation,
+        });
+        let handle = ctx.run_later(Duration::from_millis(after_ms), move |act, ctx| {
+            act.timer = None;
+            act.armed = None;
+            ctx.notify(ApplyEvent::new(Event::TimerFired {
+                command_id,
+                generation,
+            }));
+        });
+        self.timer = Some(handle);
+    }
+
+    /// Whether `command_id` is still the pending command under the same timer generation.
+    fn still_pending(&self, command_id: &str, generation: i64) -> bool {
+        self.state.timer == generation
+            && self
+                .state
+                .pending
+                .as_ref()
+                .is_some_and(|p| p.command_id == command_id)
+    }
+
+    /// Publishes the pending command; on failure retries with back-off while it is still
+    /// pending (checked before every retry, so a retry never overtakes what followed it).
+    /// Once confirmed, arms its time-out.
+    fn send_command(&mut self, send: Outgoing, retry: u32, ctx: &mut Context<Self>) {
+        if !self.still_pending(&send.command_id, send.generation) {
+            return;
+        }
+        // Past the local expiry of the partition's lease another instance may drive the
+        // saga: publish nothing for it (its new owner re-sends the same command).
+        if !self.env.ownership.owns(&self.state.saga_id) {
+            log::warn!(
+                "saga={} step={} not sending {}: the lease of its partition is not held",
+                self.state.saga_id,
+                self.step_name(send.step),
+                send.action.as_str()
+            );
+            ctx.notify(Relinquish);
+            return;
+        }
+        let Some((queue, bytes)) = encode_command(
+            &self.state,
+            &self.def,
+            send.step,
+            send.action,
+            &send.command_id,
+            send.attempt,
+        ) else {
             return;
         };
         let broker = self.env.broker.clone();
-        let kind = if attempt > 1 || retry > 0 {
+        let kind = if send.attempt > 1 || retry > 0 {
             "resend"
         } else {
             "first"
@@ -192,9 +265,10 @@ impl SagaActor {
         self.env
             .metrics
             .commands
-            .with_label_values(&[action.as_str(), kind])
+            .with_label_values(&[send.action.as_str(), kind])
             .inc();
-        let cid = command_id.clone();
+        let cid = send.command_id.clone();
+        let action = send.action;
         let trace = self.state.traceparent.clone();
         self.publishing += 1;
         self.sent_at = Some(Instant::now());
@@ -225,37 +299,34 @@ impl SagaActor {
         };
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
             act.publishing -= 1;
-            if let Err(e) = res {
-                let still_pending = act
-                    .state
-                    .pending
-                    .as_ref()
-                    .is_some_and(|p| p.command_id == command_id && p.attempt == attempt);
-                log::warn!(
-                    "saga={} step={} publish of {} failed: {e}; {}",
-                    act.state.saga_id,
-                    act.step_name(step),
-                    action.as_str(),
-                    if still_pending {
-                        "retrying"
-                    } else {
-                        "no longer pending"
+            let still_pending = act.still_pending(&send.command_id, send.generation);
+            match res {
+                Ok(()) => {
+                    if let (Some(after_ms), true) = (send.then_arm, still_pending) {
+                        act.arm(send.command_id, send.generation, after_ms, ctx);
                     }
-                );
-                if still_pending {
-                    let delay = Duration::from_millis((200u64 << retry.min(5)).min(5_000));
-                    // Counted as in flight so the actor does not passivate between retries.
-                    act.publishing += 1;
-                    ctx.run_later(delay, move |act, ctx| {
-                        act.publishing -= 1;
-                        let still =
-                            act.state.pending.as_ref().is_some_and(|p| {
-                                p.command_id == command_id && p.attempt == attempt
-                            });
-                        if still {
-                            act.send_command(step, action, command_id, attempt, retry + 1, ctx);
+                }
+                Err(e) => {
+                    log::warn!(
+                        "saga={} step={} publish of {} failed: {e}; {}",
+                        act.state.saga_id,
+                        act.step_name(send.step),
+                        send.action.as_str(),
+                        if still_pending {
+                            "retrying (not counted as an attempt)"
+                        } else {
+                            "no longer pending"
                         }
-                    });
+                    );
+                    if still_pending {
+                        let delay = Duration::from_millis((200u64 << retry.min(5)).min(5_000));
+                        // Counted as in flight so the actor does not passivate between retries.
+                        act.publishing += 1;
+                        ctx.run_later(delay, move |act, ctx| {
+                            act.publishing -= 1;
+                            act.send_command(send, retry + 1, ctx);
+                        });
+                    }
                 }
             }
         }));
@@ -279,15 +350,9 @@ impl SagaActor {
         ctx.stop();
     }
 
-    /// Publishes a lifecycle event; retried in the background for a while if the broker is down.
+    /// Counts a status the saga reached and wakes the outbox relay, which publishes the
+    /// lifecycle event the snapshot's transaction wrote (at least once, whatever happens now).
     fn announce(&self, status: Status) {
-        let event = LifecycleEvent {
-            saga_id: self.state.saga_id,
-            saga: self.state.saga.clone(),
-            status: status.as_str().to_string(),
-            version: self.state.version,
-            at: chrono::Utc::now().to_rfc3339(),
-        };
         self.env
             .metrics
             .sagas_finished
@@ -301,35 +366,37 @@ impl SagaActor {
                 .with_label_values(&[self.state.saga.as_str()])
                 .observe(secs);
         }
-        let Ok(body) = serde_json::to_vec(&event) else {
-            return;
-        };
-        let key = format!("{}.{}", self.state.saga, status.as_str());
-        let broker = self.env.broker.clone();
-        let saga_id = self.state.saga_id;
-        actix::spawn(async move {
-            for retry in 0..30u32 {
-                match broker.announce(&key, &body).await {
-                    Ok(()) => return,
-                    Err(e) if retry == 29 => {
-                        log::error!(
-                            "saga={saga_id} step=- lifecycle event {key} not announced: {e}"
-                        );
-                    }
-                    Err(_) => {
-                        tokio::time::sleep(Duration::from_millis(200 << retry.min(4))).await;
-                    }
-                }
-            }
-        });
+        self.env.outbox.notify_one();
     }
 }
 
-/// Commits a snapshot, retrying with back-off while the database is unreachable.
+/// The outbox row of a transition that announces a status: routing key and body.
+fn lifecycle_event(state: &SagaState, effects: &[Effect]) -> Option<(String, serde_json::Value)> {
+    let status = effects.iter().find_map(|e| match e {
+        Effect::Announce(s) => Some(*s),
+        _ => None,
+    })?;
+    let event = LifecycleEvent {
+        saga_id: state.saga_id,
+        saga: state.saga.clone(),
+        status: status.as_str().to_string(),
+        version: state.version,
+        at: chrono::Utc::now().to_rfc3339(),
+    };
+    let body = serde_json::to_value(&event).ok()?;
+    Some((format!("{}.{}", state.saga, status.as_str()), body))
+}
+
+/// Commits a snapshot, retrying with back-off while the database is unreachable; an
+/// operator's write (with a deadline) stops retrying at its deadline, which the database
+/// also enforces, so it cannot commit after the caller was told it failed.
 async fn save_durably(env: Arc<Env>, write: Arc<SnapshotWrite>) -> Result<(), StoreError> {
     let mut delay = Duration::from_millis(100);
     let mut retried = false;
     loop {
+        if write.deadline.is_some_and(|d| chrono::Utc::now() >= d) {
+            return Err(StoreError::DeadlinePassed);
+        }
         let started = Instant::now();
         let write_result = env.writer.save(write.clone()).await;
         match write_result {
@@ -396,12 +463,26 @@ impl Handler<ApplyEvent> for SagaActor {
 
     fn handle(&mut self, msg: ApplyEvent, ctx: &mut Self::Context) -> Self::Result {
         self.last_activity = Instant::now();
-        let event = msg.0;
+        let ApplyEvent {
+            event,
+            note,
+            trace,
+            guard,
+        } = msg;
+        if let Some(expected) = guard.and_then(|g| g.if_version) {
+            if expected != self.state.version {
+                return AtomicResponse::new(Box::pin(fut::ready(Err(
+                    DeliverError::Precondition {
+                        current: self.state.version,
+                    },
+                ))));
+            }
+        }
         let mut transition = match saga::apply(&self.state, &self.def, &event) {
             Ok(t) => t,
             Err(e) => return AtomicResponse::new(Box::pin(fut::ready(Ok(Applied::Ignored(e))))),
         };
-        if let Some(note) = msg.1 {
+        if let Some(note) = note {
             transition.record.detail = Some(note);
         }
         let step = transition
@@ -422,7 +503,9 @@ impl Handler<ApplyEvent> for SagaActor {
                 Ok(w) => w,
                 Err(e) => return AtomicResponse::new(Box::pin(fut::ready(Err(e.into())))),
             };
-        write.traceparent = msg.2;
+        write.traceparent = trace;
+        write.deadline = guard.map(|g| g.deadline);
+        write.announce = lifecycle_event(&transition.state, &transition.effects);
         let env = self.env.clone();
         let fut = save_durably(env, Arc::new(write))
             .into_actor(self)

@@ -170,6 +170,51 @@ pub struct Control {
     /// Who asked and why (operator actions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The step a `skip` names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// The version the asking instance checked the action against: the owner applies it
+    /// only at that version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub if_version: Option<i64>,
+    /// The action is committed before this instant or never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Control {
+    /// Asks the owner to drive a saga started on another instance.
+    pub fn wake(saga_id: Uuid) -> Self {
+        Control {
+            saga_id,
+            op: ControlOp::Wake,
+            note: None,
+            step: None,
+            if_version: None,
+            deadline: None,
+        }
+    }
+
+    /// The operator event it stands for (None for a wake, or a skip without its step).
+    pub fn event(&self) -> Option<crate::saga::Event> {
+        use crate::saga::Event;
+        match self.op {
+            ControlOp::Wake => None,
+            ControlOp::Abort => Some(Event::Abort),
+            ControlOp::Retry => Some(Event::Retry),
+            ControlOp::Skip => self.step.clone().map(|step| Event::Skip { step }),
+            ControlOp::Resume => Some(Event::Resume),
+        }
+    }
+
+    /// The guard the owner applies the action under.
+    pub fn guard(&self) -> Option<crate::actors::messages::ActionGuard> {
+        self.deadline
+            .map(|deadline| crate::actors::messages::ActionGuard {
+                if_version: self.if_version,
+                deadline,
+            })
+    }
 }
 
 /// What a [`Control`] asks of the owner.
@@ -188,20 +233,6 @@ pub enum ControlOp {
     Resume,
 }
 
-impl ControlOp {
-    /// The operator event it stands for (None for a wake).
-    pub fn event(self) -> Option<crate::saga::Event> {
-        use crate::saga::Event;
-        match self {
-            ControlOp::Wake => None,
-            ControlOp::Abort => Some(Event::Abort),
-            ControlOp::Retry => Some(Event::Retry),
-            ControlOp::Skip => Some(Event::Skip),
-            ControlOp::Resume => Some(Event::Resume),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,6 +243,9 @@ mod tests {
             saga_id: Uuid::from_u128(9),
             op: ControlOp::Abort,
             note: Some("by ops: stuck".into()),
+            step: None,
+            if_version: Some(3),
+            deadline: None,
         };
         let bytes = serde_json::to_vec(&c).unwrap();
         assert!(String::from_utf8_lossy(&bytes).contains(r#""op":"abort""#));

@@ -21,6 +21,7 @@ use deadpool_postgres::Pool;
 use crate::actors::messages::{EnsureLive, RehydrateSagas, ReleasePartitions};
 use crate::actors::{Env, Registry, ReplyConsumer};
 use crate::broker::PartitionConsumer;
+use crate::cluster::Ownership;
 use crate::config::ClusterSettings;
 use crate::store::{leases, queries, StoreError};
 
@@ -29,14 +30,20 @@ const UNADVANCED_AFTER_S: f64 = 10.0;
 
 /// The state of the lease loop.
 pub struct LeaseLoop {
+    /// A pool of its own (statements time out): the lease is never starved by HTTP
+    /// listings, snapshot writers or reloads.
     pool: Pool,
     env: Arc<Env>,
     registry: Addr<Registry>,
     settings: ClusterSettings,
     prefetch: u16,
     consumers: HashMap<u32, PartitionConsumer>,
-    /// Partitions taken whose sagas could not be loaded yet.
+    /// Partitions taken whose sagas are not loaded yet.
     unloaded: Vec<u32>,
+    /// Partitions whose sagas are being loaded, outside the renewal path.
+    loading: Option<Vec<u32>>,
+    loaded_tx: tokio::sync::mpsc::UnboundedSender<(Vec<u32>, bool)>,
+    loaded_rx: tokio::sync::mpsc::UnboundedReceiver<(Vec<u32>, bool)>,
     rounds: u64,
 }
 
@@ -49,6 +56,7 @@ impl LeaseLoop {
         settings: ClusterSettings,
         prefetch: u16,
     ) -> Self {
+        let (loaded_tx, loaded_rx) = tokio::sync::mpsc::unbounded_channel();
         LeaseLoop {
             pool,
             env,
@@ -57,6 +65,9 @@ impl LeaseLoop {
             prefetch,
             consumers: HashMap::new(),
             unloaded: Vec::new(),
+            loading: None,
+            loaded_tx,
+            loaded_rx,
             rounds: 0,
         }
     }
@@ -66,17 +77,25 @@ impl LeaseLoop {
     pub async fn run(mut self, ready: tokio::sync::oneshot::Sender<()>) {
         let mut ready = Some(ready);
         let mut failing = false;
+        // A round that hangs (a database that black-holes) must not outlive the lease.
+        let round_limit = self.settings.lease / 2;
         loop {
             if self.env.drain.is_draining() {
                 return;
             }
-            match self.round().await {
+            let outcome = match tokio::time::timeout(round_limit, self.round()).await {
+                Ok(result) => result,
+                Err(_) => Err(StoreError::Unavailable(format!(
+                    "lease round took longer than {round_limit:?}"
+                ))),
+            };
+            match outcome {
                 Ok(()) => {
                     if failing {
                         log::info!("partition leases renewed again");
                         failing = false;
                     }
-                    if self.unloaded.is_empty() {
+                    if self.unloaded.is_empty() && self.loading.is_none() {
                         if let Some(r) = ready.take() {
                             let _ = r.send(());
                         }
@@ -89,23 +108,72 @@ impl LeaseLoop {
                     failing = true;
                 }
             }
-            // The loop's period (or sooner when a fenced write was refused).
+            // Leases not renewed in time: stop acting on them before anyone can take them.
+            let expired = self.env.ownership.expired();
+            if !expired.is_empty() {
+                log::warn!(
+                    "partitions {expired:?}: lease not renewed in time; no longer acting on them"
+                );
+                self.drop_partitions(&expired, "expired").await;
+            }
+            // The loop's period (or sooner when a fenced write was refused, or a load ended).
             tokio::select! {
                 _ = tokio::time::sleep(self.settings.renew_every) => {}
                 _ = self.env.ownership.recheck_asked() => {}
+                done = self.loaded_rx.recv() => {
+                    if let Some(done) = done {
+                        self.loaded(done);
+                    }
+                }
             }
+        }
+    }
+
+    /// A load of taken partitions ended (`ok`: every saga is registered).
+    fn loaded(&mut self, (parts, ok): (Vec<u32>, bool)) {
+        self.loading = None;
+        if ok {
+            self.unloaded.retain(|p| !parts.contains(p));
         }
     }
 
     async fn round(&mut self) -> Result<(), StoreError> {
         self.rounds += 1;
+        while let Ok(done) = self.loaded_rx.try_recv() {
+            self.loaded(done);
+        }
         let ownership = self.env.ownership.clone();
         let instance = ownership.instance().to_string();
         let n = ownership.partitions();
         let lease = self.settings.lease;
-        let peers = leases::heartbeat(&self.pool, &instance, n, lease).await?;
-        let held = ownership.held();
+        let sent = std::time::Instant::now();
+        let Some(peers) =
+            leases::heartbeat(&self.pool, &instance, ownership.incarnation(), n, lease).await?
+        else {
+            if !ownership.is_twin() {
+                log::error!(
+                    "SAGA_INSTANCE_ID {instance} is in use by another live process: taking no \
+                     partitions until it has been silent for {lease:?}"
+                );
+            }
+            ownership.set_twin(true);
+            let mine: Vec<u32> = ownership.recorded().iter().map(|&(p, _)| p).collect();
+            if !mine.is_empty() {
+                self.drop_partitions(&mine, "lost").await;
+            }
+            return Ok(());
+        };
+        if ownership.is_twin() {
+            log::info!("SAGA_INSTANCE_ID {instance} is free again: taking partitions");
+            ownership.set_twin(false);
+        }
+        let held = ownership.recorded();
+        let sent_renew = std::time::Instant::now();
         let kept = leases::renew(&self.pool, &instance, &held, lease).await?;
+        ownership.extend(
+            &kept,
+            Ownership::lease_valid_until(sent_renew.min(sent), lease),
+        );
         let lost: Vec<u32> = held
             .iter()
             .map(|&(p, _)| p)
@@ -115,12 +183,12 @@ impl LeaseLoop {
             log::warn!("partitions {lost:?} were taken over by another instance; dropping them");
             self.drop_partitions(&lost, "lost").await;
         }
-        if let Some((other, theirs)) = &peers.mismatch {
-            self.refresh_metrics();
-            return Err(StoreError::Corrupt(format!(
+        let mismatch = peers.mismatch.clone();
+        if let Some((other, theirs)) = &mismatch {
+            log::error!(
                 "instance {other} runs with SAGA_PARTITIONS={theirs} but this one with {n}: \
-                 every instance on one database must use the same; taking no partitions"
-            )));
+                 every instance on one database must use the same; taking no more partitions"
+            );
         }
         let live = peers.live.max(1) as u32;
         let fair = n.div_ceil(live) as usize;
@@ -130,12 +198,13 @@ impl LeaseLoop {
         if kept.len() > fair {
             let mut mine = ownership.held();
             mine.sort_unstable();
-            let surplus = mine.split_off(fair);
+            let surplus = mine.split_off(fair.min(mine.len()));
             let parts: Vec<u32> = surplus.iter().map(|&(p, _)| p).collect();
             log::info!("{live} instances live: handing back partitions {parts:?} (keeping {fair})");
             self.drop_partitions(&parts, "released").await;
             leases::release(&self.pool, &instance, &surplus).await?;
-        } else if kept.len() < fair {
+        } else if kept.len() < fair && mismatch.is_none() {
+            let sent_acquire = std::time::Instant::now();
             let got =
                 leases::acquire(&self.pool, &instance, &kept, fair - kept.len(), n, lease).await?;
             if !got.is_empty() {
@@ -144,6 +213,7 @@ impl LeaseLoop {
                 for &(p, epoch) in &got {
                     ownership.set(p, epoch);
                 }
+                ownership.extend(&parts, Ownership::lease_valid_until(sent_acquire, lease));
                 self.env
                     .metrics
                     .partition_changes
@@ -152,7 +222,7 @@ impl LeaseLoop {
                 self.unloaded.extend(parts);
             }
         }
-        self.load_taken().await?;
+        self.load_taken();
         self.ensure_consumers().await;
         if self.rounds.is_multiple_of(10) {
             self.drive_unadvanced().await?;
@@ -168,29 +238,32 @@ impl LeaseLoop {
             .set(self.env.ownership.held().len() as i64);
     }
 
-    /// Loads the unfinished sagas of newly taken partitions; they are registered, their
-    /// timers armed and their pending commands re-sent (same `command_id`).
-    async fn load_taken(&mut self) -> Result<(), StoreError> {
-        let ownership = &self.env.ownership;
+    /// Loads the unfinished sagas of newly taken partitions on a task of its own (a
+    /// partition of many sagas must not hold up the next renewal); they are registered,
+    /// their pending commands re-sent (same `command_id`) and their timers armed.
+    fn load_taken(&mut self) {
+        let ownership = self.env.ownership.clone();
         self.unloaded.retain(|&p| ownership.epoch(p).is_some());
-        if self.unloaded.is_empty() {
-            return Ok(());
+        if self.unloaded.is_empty() || self.loading.is_some() {
+            return;
         }
-        let parts: Vec<i32> = self.unloaded.iter().map(|&p| p as i32).collect();
-        let states =
-            queries::load_unfinished_in(&self.pool, &parts, ownership.partitions()).await?;
-        let total = states.len();
-        match self.registry.send(RehydrateSagas(states)).await {
-            Ok(n) => {
-                log::info!(
-                    "rehydrated {n} of {total} unfinished sagas of partitions {:?}",
-                    self.unloaded
-                );
-                self.unloaded.clear();
-                Ok(())
-            }
-            Err(e) => Err(StoreError::Corrupt(format!("registry unreachable: {e}"))),
-        }
+        let parts = self.unloaded.clone();
+        self.loading = Some(parts.clone());
+        // The main pool: loading is the work of the service, not of the lease.
+        let pool = self.env.writer.pool().clone();
+        let env = self.env.clone();
+        let registry = self.registry.clone();
+        let done = self.loaded_tx.clone();
+        actix::spawn(async move {
+            let ok = match load_partitions(&pool, &env, &registry, &parts).await {
+                Ok(()) => true,
+                Err(e) => {
+                    log::warn!("loading the sagas of partitions {parts:?} failed: {e}; next round");
+                    false
+                }
+            };
+            let _ = done.send((parts, ok));
+        });
     }
 
     /// Consumes the queue of every held partition on the current connection.
@@ -271,10 +344,36 @@ impl LeaseLoop {
     }
 }
 
+/// Loads the unfinished sagas of `parts` (and any definition version not known here yet)
+/// and registers them with the registry.
+async fn load_partitions(
+    pool: &Pool,
+    env: &Env,
+    registry: &Addr<Registry>,
+    parts: &[u32],
+) -> Result<(), StoreError> {
+    let ids: Vec<i32> = parts.iter().map(|&p| p as i32).collect();
+    let states = queries::load_unfinished_in(pool, &ids, env.ownership.partitions()).await?;
+    let versions: std::collections::BTreeSet<(String, i32)> = states
+        .iter()
+        .map(|s| (s.saga.clone(), s.definition_version))
+        .collect();
+    for (name, version) in versions {
+        env.catalog.fetch(pool, &name, version).await?;
+    }
+    let total = states.len();
+    let n = registry
+        .send(RehydrateSagas(states))
+        .await
+        .map_err(|e| StoreError::Corrupt(format!("registry unreachable: {e}")))?;
+    log::info!("rehydrated {n} of {total} unfinished sagas of partitions {parts:?}");
+    Ok(())
+}
+
 /// Hands every held partition back and removes this instance's heartbeat (on shutdown,
 /// after in-flight work has settled), so the others take over at once.
 pub async fn leave(pool: &Pool, env: &Env, registry: &Addr<Registry>) {
-    let held = env.ownership.held();
+    let held = env.ownership.recorded();
     for &(p, _) in &held {
         env.ownership.clear(p);
     }
@@ -284,5 +383,5 @@ pub async fn leave(pool: &Pool, env: &Env, registry: &Addr<Registry>) {
     if let Err(e) = leases::release(pool, instance, &held).await {
         log::warn!("handing back partitions on shutdown failed ({e}); they expire instead");
     }
-    let _ = leases::leave(pool, instance).await;
+    let _ = leases::leave(pool, instance, env.ownership.incarnation()).await;
 }

@@ -8,7 +8,8 @@
 
 pub mod lease;
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
@@ -30,11 +31,25 @@ pub struct Fence {
 }
 
 /// Which partitions this instance holds, and under which epochs; shared by every part.
+///
+/// A lease is held only until its local expiry: the start of the last renewal that
+/// succeeded, plus the lease, minus a margin. The database's expiry is at least the lease
+/// after that same instant (the renewal's `now()` comes later), and no other instance takes
+/// the partition before then; so past the local expiry this instance stops acting (no ack,
+/// no publish, no write) before anybody else can start, even when it cannot reach the
+/// database to learn it lost the lease, or wakes from a pause with deliveries prefetched.
 #[derive(Debug)]
 pub struct Ownership {
     instance: String,
     /// Epoch per partition; 0 when not held.
     epochs: Vec<AtomicI64>,
+    /// Per partition: local expiry, in ms since `origin` (0: not held).
+    valid_until: Vec<AtomicU64>,
+    origin: Instant,
+    /// This process's own id: tells it apart from another process given the same instance id.
+    incarnation: Uuid,
+    /// Another live process uses this instance id: nothing is taken while it is.
+    twin: AtomicBool,
     /// Wakes the lease loop early: the database refused this instance as a partition's owner.
     recheck: tokio::sync::Notify,
 }
@@ -42,11 +57,60 @@ pub struct Ownership {
 impl Ownership {
     /// Holds nothing yet.
     pub fn new(instance: String, partitions: u32) -> Self {
+        let n = partitions.max(1);
         Ownership {
             instance,
-            epochs: (0..partitions.max(1)).map(|_| AtomicI64::new(0)).collect(),
+            epochs: (0..n).map(|_| AtomicI64::new(0)).collect(),
+            valid_until: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            origin: Instant::now(),
+            incarnation: Uuid::new_v4(),
+            twin: AtomicBool::new(false),
             recheck: tokio::sync::Notify::new(),
         }
+    }
+
+    fn ms_since_origin(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.origin).as_millis() as u64
+    }
+
+    /// Extends the local expiry of held partitions to `until` (see the type's doc).
+    pub(crate) fn extend(&self, partitions: &[u32], until: Instant) {
+        let ms = self.ms_since_origin(until);
+        for &p in partitions {
+            if let Some(slot) = self.valid_until.get(p as usize) {
+                slot.store(ms, Ordering::Release);
+            }
+        }
+    }
+
+    /// Held partitions whose local expiry has passed.
+    pub fn expired(&self) -> Vec<u32> {
+        let now = self.ms_since_origin(Instant::now());
+        (0..self.partitions())
+            .filter(|&p| {
+                self.epochs[p as usize].load(Ordering::Acquire) > 0
+                    && self.valid_until[p as usize].load(Ordering::Acquire) <= now
+            })
+            .collect()
+    }
+
+    /// This process's incarnation (a random id, new at every start).
+    pub fn incarnation(&self) -> Uuid {
+        self.incarnation
+    }
+
+    /// Whether another live process holds this instance id (see `leases::heartbeat`).
+    pub fn is_twin(&self) -> bool {
+        self.twin.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_twin(&self, twin: bool) {
+        self.twin.store(twin, Ordering::Release);
+    }
+
+    /// The local validity of a lease renewed (or taken) by a statement sent at `sent`.
+    pub fn lease_valid_until(sent: Instant, lease: Duration) -> Instant {
+        sent + lease - (lease / 5)
     }
 
     /// This instance's name.
@@ -64,10 +128,24 @@ impl Ownership {
         partition_of(id, self.partitions())
     }
 
-    /// The epoch held on a partition, if held.
+    /// The epoch held on a partition, if held and not locally expired.
     pub fn epoch(&self, partition: u32) -> Option<i64> {
         let e = self.epochs.get(partition as usize)?.load(Ordering::Acquire);
-        (e > 0).then_some(e)
+        let until = self
+            .valid_until
+            .get(partition as usize)?
+            .load(Ordering::Acquire);
+        (e > 0 && until > self.ms_since_origin(Instant::now())).then_some(e)
+    }
+
+    /// Held partitions with their epochs, expired or not (what the lease loop renews).
+    pub fn recorded(&self) -> Vec<(u32, i64)> {
+        (0..self.partitions())
+            .filter_map(|p| {
+                let e = self.epochs[p as usize].load(Ordering::Acquire);
+                (e > 0).then_some((p, e))
+            })
+            .collect()
     }
 
     /// The fence of a saga's writes, if this instance holds its partition.
@@ -106,6 +184,11 @@ impl Ownership {
         if let Some(slot) = self.epochs.get(partition as usize) {
             slot.store(epoch.max(0), Ordering::Release);
         }
+        if epoch <= 0 {
+            if let Some(slot) = self.valid_until.get(partition as usize) {
+                slot.store(0, Ordering::Release);
+            }
+        }
     }
 
     pub(crate) fn clear(&self, partition: u32) {
@@ -139,6 +222,8 @@ mod tests {
         assert_eq!(o.partition(&id), 2);
         assert!(!o.owns(&id));
         o.set(2, 7);
+        assert!(!o.owns(&id), "held but never renewed: not valid");
+        o.extend(&[2], Instant::now() + Duration::from_secs(60));
         assert_eq!(
             o.fence(&id),
             Some(Fence {
@@ -149,5 +234,30 @@ mod tests {
         assert_eq!(o.held(), vec![(2, 7)]);
         o.clear(2);
         assert!(o.held().is_empty());
+    }
+
+    #[test]
+    fn a_lease_past_its_local_expiry_is_not_acted_on() {
+        let o = Ownership::new("a".into(), 4);
+        let id = Uuid::from_u128(6);
+        o.set(2, 7);
+        o.extend(&[2], Instant::now() + Duration::from_millis(30));
+        assert!(o.owns(&id));
+        assert!(o.expired().is_empty());
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(!o.owns(&id), "expired locally");
+        assert_eq!(o.fence(&id), None);
+        assert_eq!(o.expired(), vec![2]);
+        assert_eq!(o.recorded(), vec![(2, 7)], "still to renew or drop");
+    }
+
+    #[test]
+    fn the_local_expiry_comes_a_fifth_of_the_lease_early() {
+        let t = Instant::now();
+        let lease = Duration::from_secs(5);
+        assert_eq!(
+            Ownership::lease_valid_until(t, lease),
+            t + Duration::from_secs(4)
+        );
     }
 }

@@ -28,6 +28,9 @@ pub enum ApiError {
     /// PostgreSQL or RabbitMQ is unreachable, or the service is still starting.
     #[error("{0}")]
     Unavailable(String),
+    /// `If-Match` names a version the saga is no longer at.
+    #[error("{0}")]
+    PreconditionFailed(String),
     /// Anything else; the cause is logged, not shown.
     #[error("internal error")]
     Internal(String),
@@ -43,6 +46,7 @@ impl ResponseError for ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -61,6 +61,9 @@ pub async fn readiness(state: web::Data<AppState>) -> HttpResponse {
     if !core.env.broker.is_ready() {
         return not_ready("broker not ready");
     }
+    if core.env.ownership.is_twin() {
+        return not_ready("instance id in use");
+    }
     if !state.is_rehydrated() {
         return not_ready("starting");
     }

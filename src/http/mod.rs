@@ -52,13 +52,11 @@ async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {
 /// Hands a saga to the instance holding its partition, through that partition's queue.
 async fn hand_over(
     core: &crate::app_state::Core,
-    saga_id: uuid::Uuid,
-    op: crate::broker::wire::ControlOp,
-    note: Option<String>,
+    control: crate::broker::wire::Control,
 ) -> Result<(), ApiError> {
+    let saga_id = control.saga_id;
     let partition = core.env.ownership.partition(&saga_id);
-    let body = serde_json::to_vec(&crate::broker::wire::Control { saga_id, op, note })
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let body = serde_json::to_vec(&control).map_err(|e| ApiError::Internal(e.to_string()))?;
     core.env
         .broker
         .send_control(partition, &body)

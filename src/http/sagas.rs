@@ -6,7 +6,7 @@ use serde_json::json;
 
 use super::body::read_limited;
 use super::{core, hand_over, ApiError};
-use crate::actors::messages::{Applied, DeliverError, DeliverEvent};
+use crate::actors::messages::{ActionGuard, Applied, DeliverError, DeliverEvent};
 use crate::app_state::AppState;
 use crate::broker::wire::ControlOp;
 use crate::domain::SagaId;
@@ -44,7 +44,10 @@ pub async fn get(
             .catalog
             .get(&view.row.saga, view.row.definition_version)
     });
-    Ok(HttpResponse::Ok().json(super::timeline::SagaPage::new(view, def.as_deref())))
+    let etag = format!("\"{}\"", view.row.version);
+    Ok(HttpResponse::Ok()
+        .insert_header((actix_web::http::header::ETAG, etag))
+        .json(super::timeline::SagaPage::new(view, def.as_deref())))
 }
 
 /// `GET /sagas/counts`: `{"counts": {<status>: n, ...}, "total": n}`, every status listed.
@@ -202,35 +205,58 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
     Ok(HttpResponse::Ok().json(json!({ "sagas": rows, "next": next.map(|c| c.encode()) })))
 }
 
-/// Who asks for an operator action and why: `{"by": "...", "reason": "..."}` (both optional).
+/// Who asks for an operator action and why: `{"by": "...", "reason": "..."}` (both optional);
+/// `skip` also names its step: `{"step": "..."}` (required).
 #[derive(Deserialize, Default, utoipa::ToSchema)]
 struct OperatorNote {
     /// Who asks (recorded as `by <who>` in the history row's `detail`).
     by: Option<String>,
     /// Why (recorded in the history row's `detail`).
     reason: Option<String>,
+    /// `skip` only, required: the step whose pending compensation (or pause) is skipped.
+    step: Option<String>,
+}
+
+/// A NUL-free, bounded copy of an operator's text.
+fn clip(s: String) -> String {
+    s.chars().filter(|c| *c != '\0').take(500).collect()
 }
 
 impl OperatorNote {
-    fn from_body(body: &[u8]) -> Result<Option<String>, ApiError> {
+    fn from_body(body: &[u8]) -> Result<OperatorNote, ApiError> {
         if body.iter().all(|b| b.is_ascii_whitespace()) {
-            return Ok(None);
+            return Ok(OperatorNote::default());
         }
-        let n: OperatorNote = serde_json::from_slice(body)
-            .map_err(|e| ApiError::BadRequest(format!("bad JSON: {e}")))?;
-        let clip = |s: String| {
-            s.chars()
-                .filter(|c| *c != '\0')
-                .take(500)
-                .collect::<String>()
-        };
-        Ok(match (n.by.map(clip), n.reason.map(clip)) {
+        serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("bad JSON: {e}")))
+    }
+
+    /// The history row's `detail`.
+    fn detail(&self) -> Option<String> {
+        match (self.by.clone().map(clip), self.reason.clone().map(clip)) {
             (None, None) => None,
             (Some(by), None) => Some(format!("by {by}")),
             (None, Some(why)) => Some(why),
             (Some(by), Some(why)) => Some(format!("by {by}: {why}")),
-        })
+        }
     }
+}
+
+/// `If-Match: "<version>"` (a weak tag or `*` too); None when absent or `*`.
+fn if_match(req: &HttpRequest) -> Result<Option<i64>, ApiError> {
+    let Some(value) = req.headers().get(actix_web::http::header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or("").trim();
+    if text == "*" {
+        return Ok(None);
+    }
+    text.trim_start_matches("W/")
+        .trim_matches('"')
+        .parse::<i64>()
+        .map(Some)
+        .map_err(|_| {
+            ApiError::BadRequest("If-Match must be the ETag of GET /sagas/{id}, e.g. \"7\"".into())
+        })
 }
 
 /// The longest any step of the definitions in force may wait: its time-out times its attempts.
@@ -249,24 +275,61 @@ fn longest_wait_s(state: &AppState) -> u64 {
         .max(1)
 }
 
+/// How long an operator action may take before it answers 503 (and never takes effect).
+const ACTION_DEADLINE: std::time::Duration = std::time::Duration::from_millis(4_000);
+
 async fn operator(
     req: &HttpRequest,
     raw_id: &str,
-    event: Event,
+    action: &str,
     body: &[u8],
     state: &AppState,
 ) -> Result<HttpResponse, ApiError> {
     super::auth::require_admin(req, state)?;
     let id = parse_id(raw_id)?;
     let note = OperatorNote::from_body(body)?;
-    let core = core(state)?;
-    let action = match event {
-        Event::Abort => "abort",
-        Event::Retry => "retry",
-        Event::Skip => "skip",
-        Event::Resume => "resume",
-        _ => "action",
+    let event = match action {
+        "abort" => Event::Abort,
+        "retry" => Event::Retry,
+        "resume" => Event::Resume,
+        _ => Event::Skip {
+            step: note
+                .step
+                .clone()
+                .filter(|s| !s.is_empty())
+                .map(clip)
+                .ok_or_else(|| {
+                    ApiError::BadRequest(
+                        "skip needs the step it skips: {\"step\": \"<name>\"}".into(),
+                    )
+                })?,
+        },
     };
+    let guard = ActionGuard {
+        if_version: if_match(req)?,
+        deadline: chrono::Utc::now()
+            + chrono::Duration::from_std(ACTION_DEADLINE).unwrap_or_default(),
+    };
+    let core = core(state)?;
+    let act = act_on(core, id, event, note.detail(), guard, action);
+    // The deadline is also written into the transition, so a commit cannot land after this.
+    match tokio::time::timeout(ACTION_DEADLINE + std::time::Duration::from_millis(500), act).await {
+        Ok(answer) => answer,
+        Err(_) => Err(ApiError::Unavailable(
+            "the action could not be committed in time (database unreachable?); nothing was done"
+                .into(),
+        )),
+    }
+}
+
+async fn act_on(
+    core: &crate::app_state::Core,
+    id: SagaId,
+    event: Event,
+    note: Option<String>,
+    guard: ActionGuard,
+    action: &str,
+) -> Result<HttpResponse, ApiError> {
     let answer = core
         .registry
         .send(DeliverEvent {
@@ -274,54 +337,112 @@ async fn operator(
             event: event.clone(),
             note: note.clone(),
             trace: None,
+            guard: Some(guard),
         })
         .await
         .map_err(|e| ApiError::Internal(format!("registry unreachable: {e}")))?;
     match answer {
-        Ok(Applied::Transitioned) => Ok(HttpResponse::Accepted().json(json!({
-            "saga_id": id, "code": id.code(), "accepted": action
-        }))),
+        Ok(Applied::Transitioned) => Ok(accepted(id, action)),
         Ok(Applied::Ignored(e)) => Err(ApiError::Conflict(e.to_string())),
         Err(DeliverError::UnknownSaga(_)) => Err(ApiError::NotFound(format!("no saga {id}"))),
+        Err(DeliverError::Precondition { current }) => Err(precondition(current)),
         Err(DeliverError::Store(e)) => Err(e.into()),
         Err(DeliverError::ActorGone) => Err(ApiError::Unavailable(
             "saga is restarting; try again".into(),
         )),
         Err(DeliverError::NotOwner(partition)) => {
-            forward_action(core, id, event, note, action, partition).await
+            forward_action(core, id, event, note, guard, action, partition).await
         }
     }
 }
 
-/// An action on a saga another instance drives: checked against its snapshot here (409 if
-/// it makes no sense there), then handed to the owner, which applies it (202).
+fn accepted(id: SagaId, action: &str) -> HttpResponse {
+    HttpResponse::Accepted().json(json!({
+        "saga_id": id, "code": id.code(), "accepted": action
+    }))
+}
+
+fn precondition(current: i64) -> ApiError {
+    ApiError::PreconditionFailed(format!(
+        "the saga has moved on: it is at version {current} (ETag \"{current}\"); nothing was done"
+    ))
+}
+
+/// The history events an action's transition writes.
+fn events_of(event: &Event) -> &'static [&'static str] {
+    match event {
+        Event::Abort => &["aborted", "aborted_compensated"],
+        Event::Retry => &["retried"],
+        Event::Skip { .. } => &["compensation_skipped"],
+        _ => &["resumed"],
+    }
+}
+
+/// An action on a saga another instance drives: checked against its snapshot here (409 or
+/// 412 if it does not apply there), handed to the owner to apply at that very version before
+/// the deadline, and answered 202 once its history row is written (503 if not in time).
 async fn forward_action(
     core: &crate::app_state::Core,
     id: SagaId,
     event: Event,
     note: Option<String>,
+    guard: ActionGuard,
     action: &str,
     partition: u32,
 ) -> Result<HttpResponse, ApiError> {
-    let state = queries::load(core.env.writer.pool(), id.0)
+    let pool = core.env.writer.pool();
+    let state = queries::load(pool, id.0)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no saga {id}")))?;
+    if guard.if_version.is_some_and(|v| v != state.version) {
+        return Err(precondition(state.version));
+    }
     let def = core
         .env
         .catalog
-        .get(&state.saga, state.definition_version)
+        .fetch(pool, &state.saga, state.definition_version)
+        .await?
         .ok_or_else(|| ApiError::Internal(format!("saga {id}: its definition is not stored")))?;
     crate::saga::apply(&state, &def, &event).map_err(|e| ApiError::Conflict(e.to_string()))?;
     let op = match event {
         Event::Abort => ControlOp::Abort,
         Event::Retry => ControlOp::Retry,
-        Event::Skip => ControlOp::Skip,
+        Event::Skip { .. } => ControlOp::Skip,
         _ => ControlOp::Resume,
     };
-    hand_over(core, id.0, op, note).await?;
-    Ok(HttpResponse::Accepted().json(json!({
-        "saga_id": id, "code": id.code(), "accepted": action, "handed_to_partition": partition
-    })))
+    let control = crate::broker::wire::Control {
+        saga_id: id.0,
+        op,
+        note,
+        step: match &event {
+            Event::Skip { step } => Some(step.clone()),
+            _ => None,
+        },
+        if_version: Some(state.version),
+        deadline: Some(guard.deadline),
+    };
+    hand_over(core, control).await?;
+    // Committed when the row after the checked version is this action's.
+    let next = state.version + 1;
+    loop {
+        if let Some(written) = queries::event_at(pool, id.0, next).await? {
+            return if events_of(&event).contains(&written.as_str()) {
+                Ok(HttpResponse::Accepted().json(json!({
+                    "saga_id": id, "code": id.code(), "accepted": action,
+                    "handed_to_partition": partition
+                })))
+            } else {
+                // Something else moved the saga first; the owner refused the action.
+                Err(precondition(next))
+            };
+        }
+        if chrono::Utc::now() > guard.deadline {
+            return Err(ApiError::Unavailable(format!(
+                "the instance driving saga {id} did not commit the action in time; nothing was done"
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 /// `POST /sagas/{id}/{action}`: abort (a running saga compensates), retry (a failed saga
@@ -366,13 +487,9 @@ pub async fn act(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let (id, action) = path.into_inner();
-    let event = match action.as_str() {
-        "abort" => Event::Abort,
-        "retry" => Event::Retry,
-        "skip" => Event::Skip,
-        "resume" => Event::Resume,
-        _ => return Err(ApiError::NotFound("no such route".into())),
-    };
+    if !["abort", "retry", "skip", "resume"].contains(&action.as_str()) {
+        return Err(ApiError::NotFound("no such route".into()));
+    }
     let body = read_limited(&req, body).await?;
-    operator(&req, &id, event, &body, &state).await
+    operator(&req, &id, &action, &body, &state).await
 }

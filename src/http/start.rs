@@ -7,7 +7,7 @@ use super::body::{parse_form, read_limited};
 use super::{core, hand_over, ApiError};
 use crate::actors::messages::SpawnSaga;
 use crate::app_state::AppState;
-use crate::broker::wire::ControlOp;
+use crate::broker::wire::Control;
 use crate::domain::SagaId;
 use crate::saga;
 use crate::store::InsertOutcome;
@@ -204,7 +204,7 @@ pub async fn start(
             } else {
                 // Stored; the instance holding its partition sends step 1 once told. A lost
                 // hand-over is caught by that owner's sweep of sagas that never advanced.
-                hand_over(core, request.saga_id.0, ControlOp::Wake, None).await?;
+                hand_over(core, Control::wake(request.saga_id.0)).await?;
             }
             Ok(HttpResponse::Ok().json(json!({
                 "saga_id": request.saga_id, "code": code, "status": "running"
@@ -223,7 +223,7 @@ pub async fn start(
                     core.registry
                         .do_send(crate::actors::messages::EnsureLive(request.saga_id.0));
                 } else {
-                    hand_over(core, request.saga_id.0, ControlOp::Wake, None).await?;
+                    hand_over(core, Control::wake(request.saga_id.0)).await?;
                 }
             }
             Ok(HttpResponse::Ok().json(json!({

@@ -186,6 +186,7 @@ mod tests {
                 phase: Phase::AwaitingReply,
             }),
             to_compensate: vec![],
+            timer: 0,
             started_at_ms: None,
             traceparent: None,
         };

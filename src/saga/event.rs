@@ -34,15 +34,19 @@ pub enum Event {
     TimerFired {
         /// The command it was armed for.
         command_id: String,
-        /// The attempt it was armed for; an older one is stale.
-        attempt: u32,
+        /// The generation it was armed with ([`super::SagaState::timer`]); another is stale.
+        generation: i64,
     },
     /// An operator asked a running saga to compensate.
     Abort,
     /// An operator asked a failed saga to re-send its failed compensation.
     Retry,
-    /// An operator marks the pending compensation done without running it.
-    Skip,
+    /// An operator marks the pending compensation of the named step done without running it.
+    Skip {
+        /// The step the operator means: the action is refused unless it is the pending one,
+        /// so a repeated click cannot skip the next step's compensation too.
+        step: String,
+    },
     /// An operator re-sends the pending command now, with its attempts reset.
     Resume,
 }
@@ -61,11 +65,12 @@ pub enum Effect {
         /// Which send this is (1-based).
         attempt: u32,
     },
-    /// Arm a timer that delivers [`Event::TimerFired`] after `after_ms`.
+    /// Arm a timer that delivers [`Event::TimerFired`] after `after_ms`, with the new
+    /// state's [`super::SagaState::timer`] generation.
     ArmTimer {
         /// For which command.
         command_id: String,
-        /// For which attempt.
+        /// For which attempt (for logs and metrics).
         attempt: u32,
         /// Delay.
         after_ms: u64,

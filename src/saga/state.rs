@@ -161,6 +161,10 @@ pub struct SagaState {
     pub pending: Option<Pending>,
     /// Steps still to compensate after the pending one, in order (last step first).
     pub to_compensate: Vec<usize>,
+    /// Generation of the armed timer: the version of the transition that armed it. A timer
+    /// of another generation is stale (a re-send or an operator action armed a newer one).
+    #[serde(default)]
+    pub timer: i64,
     /// When the saga started (milliseconds since the epoch), set by the I/O layer; for metrics.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at_ms: Option<i64>,

@@ -84,11 +84,23 @@ fn error(command_id: &str, why: &str) -> Event {
     }
 }
 
-fn timer(command_id: &str, attempt: u32) -> Event {
+fn timer(command_id: &str, generation: i64) -> Event {
     Event::TimerFired {
         command_id: command_id.to_string(),
-        attempt,
+        generation,
     }
+}
+
+/// An operator's skip naming step `k`.
+fn skip(d: &SagaDefinition, k: usize) -> Event {
+    Event::Skip {
+        step: d.steps[k].name.clone(),
+    }
+}
+
+/// The timer `state` has armed for `command_id` (its current generation) going off.
+fn fire(state: &SagaState, command_id: &str) -> Event {
+    timer(command_id, state.timer)
 }
 
 /// The two effects of sending `action` of `step`: the command, then its time-out.
@@ -192,7 +204,7 @@ fn exhaust_compensation(mut s: SagaState, d: &SagaDefinition) -> SagaState {
         };
         s = ok(&s, d, &error(&p.command_id, "no")).state;
         if s.status == Status::Compensating {
-            s = ok(&s, d, &timer(&p.command_id, p.attempt)).state;
+            s = ok(&s, d, &fire(&s, &p.command_id)).state;
         }
     }
     s
@@ -411,7 +423,7 @@ fn an_error_with_no_compensable_step_before_it_is_compensated_at_once() {
 fn a_time_out_resends_the_same_execute_command_with_the_next_attempt() {
     let d = abc();
     let s = running_at(&d, 1);
-    let t = ok(&s, &d, &timer(&exec_id(&d, 1), 1));
+    let t = ok(&s, &d, &fire(&s, &exec_id(&d, 1)));
     assert_eq!(t.state.status, Status::Running);
     assert_eq!(t.state.steps[1].attempts, 2);
     assert_eq!(t.state.steps[1].status, St::Executing);
@@ -419,7 +431,7 @@ fn a_time_out_resends_the_same_execute_command_with_the_next_attempt() {
     assert_eq!(t.effects, sends(&d, 1, Execute, 2));
     assert_eq!(t.record, rec("step_resent", "b", None));
 
-    let t = ok(&t.state, &d, &timer(&exec_id(&d, 1), 2));
+    let t = ok(&t.state, &d, &fire(&t.state, &exec_id(&d, 1)));
     assert_eq!(t.state.steps[1].attempts, 3);
     assert_eq!(t.state.pending, waits(&d, 1, Execute, 3));
     assert_eq!(t.effects, sends(&d, 1, Execute, 3));
@@ -429,7 +441,7 @@ fn a_time_out_resends_the_same_execute_command_with_the_next_attempt() {
 #[test]
 fn a_reply_to_a_resent_execute_is_accepted_as_usual() {
     let d = abc();
-    let s = ok(&started(&d), &d, &timer(&exec_id(&d, 0), 1)).state;
+    let s = ok(&started(&d), &d, &fire(&started(&d), &exec_id(&d, 0))).state;
     let t = ok(&s, &d, &done(&exec_id(&d, 0), json!({"late": 1})));
     assert_eq!(t.state.pending, waits(&d, 1, Execute, 1));
     assert_eq!(t.effects, sends(&d, 1, Execute, 1));
@@ -440,10 +452,10 @@ fn a_reply_to_a_resent_execute_is_accepted_as_usual() {
 fn after_max_attempts_the_timed_out_step_is_compensated_before_earlier_ones() {
     let d = abc();
     let mut s = running_at(&d, 2);
-    for attempt in 1..MAX_ATTEMPTS {
-        s = ok(&s, &d, &timer(&exec_id(&d, 2), attempt)).state;
+    for _ in 1..MAX_ATTEMPTS {
+        s = ok(&s, &d, &fire(&s, &exec_id(&d, 2))).state;
     }
-    let t = ok(&s, &d, &timer(&exec_id(&d, 2), MAX_ATTEMPTS));
+    let t = ok(&s, &d, &fire(&s, &exec_id(&d, 2)));
     let s = &t.state;
     assert_eq!(s.status, Status::Compensating);
     assert_eq!(s.steps[2].attempts, MAX_ATTEMPTS);
@@ -470,7 +482,11 @@ fn after_max_attempts_the_timed_out_step_is_compensated_before_earlier_ones() {
 #[test]
 fn a_timed_out_step_without_compensate_is_skipped_but_earlier_ones_are_not() {
     let d = def_with(&[("a", true), ("b", false)], 1);
-    let t = ok(&running_at(&d, 1), &d, &timer(&exec_id(&d, 1), 1));
+    let t = ok(
+        &running_at(&d, 1),
+        &d,
+        &fire(&running_at(&d, 1), &exec_id(&d, 1)),
+    );
     assert_eq!(statuses(&t.state), [St::Compensating, St::TimedOut]);
     assert_eq!(t.state.pending, waits(&d, 0, Compensate, 1));
     assert!(t.state.to_compensate.is_empty());
@@ -484,7 +500,7 @@ fn a_timed_out_step_without_compensate_is_skipped_but_earlier_ones_are_not() {
 #[test]
 fn a_timed_out_first_step_without_compensate_is_compensated_at_once() {
     let d = def_with(&[("a", false), ("b", true)], 1);
-    let t = ok(&started(&d), &d, &timer(&exec_id(&d, 0), 1));
+    let t = ok(&started(&d), &d, &fire(&started(&d), &exec_id(&d, 0)));
     assert_eq!(t.state.status, Status::Compensated);
     assert_eq!(statuses(&t.state), [St::TimedOut, St::NotStarted]);
     assert_eq!(t.state.pending, None);
@@ -528,7 +544,7 @@ fn a_compensate_answered_error_backs_off_then_resends_with_the_next_attempt() {
     assert_eq!(t.effects, [backoff]);
     assert_eq!(t.record, rec("compensation_error", "b", Some("locked")));
 
-    let t = ok(b, &d, &timer(&comp_id(&d, 1), 1));
+    let t = ok(b, &d, &fire(b, &comp_id(&d, 1)));
     assert_eq!(t.state.pending, waits(&d, 1, Compensate, 2));
     assert_eq!(t.state.steps[1].compensate_attempts, 2);
     assert_eq!(t.effects, sends(&d, 1, Compensate, 2));
@@ -561,7 +577,7 @@ fn each_compensate_error_doubles_the_backoff_up_to_the_cap() {
             }
             other => panic!("attempt {attempt}: {other:?}"),
         }
-        let t = ok(&t.state, &d, &timer(&comp_id(&d, 0), attempt));
+        let t = ok(&t.state, &d, &fire(&t.state, &comp_id(&d, 0)));
         assert_eq!(t.effects, sends(&d, 0, Compensate, attempt + 1));
         s = t.state;
     }
@@ -581,9 +597,9 @@ fn each_compensate_error_doubles_the_backoff_up_to_the_cap() {
 fn a_compensate_that_keeps_failing_fails_the_saga_after_max_attempts() {
     let d = abc();
     let mut s = ok(&running_at(&d, 2), &d, &error(&exec_id(&d, 2), "no")).state;
-    for attempt in 1..MAX_ATTEMPTS {
+    for _ in 1..MAX_ATTEMPTS {
         s = ok(&s, &d, &error(&comp_id(&d, 1), "locked")).state;
-        s = ok(&s, &d, &timer(&comp_id(&d, 1), attempt)).state;
+        s = ok(&s, &d, &fire(&s, &comp_id(&d, 1))).state;
     }
     let t = ok(&s, &d, &error(&comp_id(&d, 1), "still locked"));
     let f = &t.state;
@@ -607,16 +623,16 @@ fn a_compensate_that_keeps_failing_fails_the_saga_after_max_attempts() {
 fn an_unanswered_compensate_is_resent_after_its_timeout_then_fails() {
     let d = abc();
     let s = ok(&running_at(&d, 2), &d, &error(&exec_id(&d, 2), "no")).state;
-    let t = ok(&s, &d, &timer(&comp_id(&d, 1), 1));
+    let t = ok(&s, &d, &fire(&s, &comp_id(&d, 1)));
     assert_eq!(t.state.status, Status::Compensating);
     assert_eq!(t.state.pending, waits(&d, 1, Compensate, 2));
     assert_eq!(t.effects, sends(&d, 1, Compensate, 2));
     assert_eq!(t.record, rec("compensation_resent", "b", None));
 
-    let t = ok(&t.state, &d, &timer(&comp_id(&d, 1), 2));
+    let t = ok(&t.state, &d, &fire(&t.state, &comp_id(&d, 1)));
     assert_eq!(t.effects, sends(&d, 1, Compensate, 3));
 
-    let t = ok(&t.state, &d, &timer(&comp_id(&d, 1), 3));
+    let t = ok(&t.state, &d, &fire(&t.state, &comp_id(&d, 1)));
     assert_eq!(t.state.status, Status::Failed);
     assert_eq!(t.state.steps[1].status, St::CompensationFailed);
     assert_eq!(
@@ -799,20 +815,48 @@ fn a_reply_with_an_unknown_command_id_is_stale() {
     for id in ["nope", "", later.as_str(), not_yet.as_str()] {
         assert!(is_stale(&refused(&s, &d, &done(id, json!({})))));
         assert!(is_stale(&refused(&s, &d, &error(id, "x"))));
-        assert!(is_stale(&refused(&s, &d, &timer(id, 1))));
+        assert!(is_stale(&refused(&s, &d, &timer(id, s.timer))));
     }
     let other_saga = command_id(&Uuid::from_u128(9), "b", Execute);
     assert!(is_stale(&refused(&s, &d, &done(&other_saga, json!({})))));
 }
 
 #[test]
-fn a_timer_for_an_old_attempt_or_an_old_command_is_stale() {
+fn a_timer_of_an_old_generation_or_an_old_command_is_stale() {
     let d = abc();
-    let s = ok(&started(&d), &d, &timer(&exec_id(&d, 0), 1)).state;
+    let first = started(&d);
+    assert_eq!(first.timer, 1, "armed by the start, at version 1");
+    let s = ok(&first, &d, &fire(&first, &exec_id(&d, 0))).state;
+    assert_eq!(s.timer, 2, "the re-send armed a new generation");
     assert!(is_stale(&refused(&s, &d, &timer(&exec_id(&d, 0), 1))));
     assert!(is_stale(&refused(&s, &d, &timer(&exec_id(&d, 0), 3))));
     let s = ok(&s, &d, &done(&exec_id(&d, 0), json!({}))).state;
     assert!(is_stale(&refused(&s, &d, &timer(&exec_id(&d, 0), 2))));
+}
+
+#[test]
+fn a_time_out_armed_before_resume_does_not_count_for_the_fresh_send() {
+    // max_attempts = 1: with timers keyed by attempt, the old wake (attempt 1) would time
+    // the fresh send (attempt 1 again) out at once.
+    let d = def_with(&[("a", true), ("b", true)], 1);
+    let s = running_at(&d, 1);
+    let old = fire(&s, &exec_id(&d, 1));
+    let resumed = ok(&s, &d, &Event::Resume).state;
+    assert_eq!(resumed.pending.as_ref().map(|p| p.attempt), Some(1));
+    assert!(is_stale(&refused(&resumed, &d, &old)));
+    let t = ok(&resumed, &d, &fire(&resumed, &exec_id(&d, 1)));
+    assert_eq!(t.state.status, Status::Compensating);
+}
+
+#[test]
+fn the_time_out_of_a_compensate_cannot_cut_its_back_off_short() {
+    let d = abc();
+    let s = ok(&running_at(&d, 2), &d, &error(&exec_id(&d, 2), "no")).state;
+    let timeout = fire(&s, &comp_id(&d, 1));
+    let backing_off = ok(&s, &d, &error(&comp_id(&d, 1), "locked")).state;
+    assert!(is_stale(&refused(&backing_off, &d, &timeout)));
+    let t = ok(&backing_off, &d, &fire(&backing_off, &comp_id(&d, 1)));
+    assert_eq!(t.effects, sends(&d, 1, Compensate, 2));
 }
 
 #[test]
@@ -824,7 +868,7 @@ fn a_late_execute_reply_after_compensation_started_is_stale() {
         &d,
         &done(&exec_id(&d, 2), json!({}))
     )));
-    assert!(is_stale(&refused(&s, &d, &timer(&exec_id(&d, 2), 1))));
+    assert!(is_stale(&refused(&s, &d, &timer(&exec_id(&d, 2), s.timer))));
 }
 
 #[test]
@@ -840,7 +884,7 @@ fn every_event_on_a_completed_or_compensated_saga_is_finished() {
                 let id = id_of(&d, step, action);
                 events.push(done(&id, json!({})));
                 events.push(error(&id, "late"));
-                events.push(timer(&id, 1));
+                events.push(timer(&id, s.timer));
             }
         }
         events.push(done("nope", json!({})));
@@ -858,8 +902,12 @@ fn every_event_on_a_completed_or_compensated_saga_is_finished() {
 fn a_late_error_or_timer_on_a_failed_saga_is_stale() {
     let (d, f) = failed_abc();
     assert!(is_stale(&refused(&f, &d, &error(&comp_id(&d, 1), "late"))));
-    for attempt in 1..=MAX_ATTEMPTS {
-        assert!(is_stale(&refused(&f, &d, &timer(&comp_id(&d, 1), attempt))));
+    for generation in 1..=f.version {
+        assert!(is_stale(&refused(
+            &f,
+            &d,
+            &timer(&comp_id(&d, 1), generation)
+        )));
     }
 }
 
@@ -898,7 +946,11 @@ fn a_done_for_a_compensate_that_is_backing_off_is_accepted() {
     assert_eq!(t.state.steps[1].status, St::Compensated);
     assert_eq!(t.effects, sends(&d, 0, Compensate, 1));
     // The back-off timer that is still armed now names a command no longer pending.
-    assert!(is_stale(&refused(&t.state, &d, &timer(&comp_id(&d, 1), 1))));
+    assert!(is_stale(&refused(
+        &t.state,
+        &d,
+        &timer(&comp_id(&d, 1), s.timer)
+    )));
 }
 
 #[test]
@@ -916,7 +968,12 @@ fn a_duplicate_compensate_error_while_backing_off_is_stale() {
 fn resume_resends_the_pending_execute_with_the_same_id_and_attempt() {
     let d = abc();
     assert_eq!(resume(&started(&d), &d), sends(&d, 0, Execute, 1));
-    let s = ok(&running_at(&d, 1), &d, &timer(&exec_id(&d, 1), 1)).state;
+    let s = ok(
+        &running_at(&d, 1),
+        &d,
+        &fire(&running_at(&d, 1), &exec_id(&d, 1)),
+    )
+    .state;
     assert_eq!(resume(&s, &d), sends(&d, 1, Execute, 2));
 }
 
@@ -925,7 +982,7 @@ fn resume_of_a_compensating_saga_resends_its_compensate() {
     let d = abc();
     let s = ok(&running_at(&d, 2), &d, &error(&exec_id(&d, 2), "no")).state;
     assert_eq!(resume(&s, &d), sends(&d, 1, Compensate, 1));
-    let s = ok(&s, &d, &timer(&comp_id(&d, 1), 1)).state;
+    let s = ok(&s, &d, &fire(&s, &comp_id(&d, 1))).state;
     assert_eq!(resume(&s, &d), sends(&d, 1, Compensate, 2));
 }
 
@@ -934,7 +991,7 @@ fn resume_while_backing_off_only_rearms_the_backoff_timer() {
     let d = abc();
     let s = ok(&running_at(&d, 2), &d, &error(&exec_id(&d, 2), "no")).state;
     let s = ok(&s, &d, &error(&comp_id(&d, 1), "locked")).state;
-    let s = ok(&s, &d, &timer(&comp_id(&d, 1), 1)).state;
+    let s = ok(&s, &d, &fire(&s, &comp_id(&d, 1))).state;
     let s = ok(&s, &d, &error(&comp_id(&d, 1), "locked")).state;
     let rearm = Effect::ArmTimer {
         command_id: comp_id(&d, 1),
@@ -980,9 +1037,9 @@ fn command_ids_are_stable_across_resends_and_differ_between_execute_and_compensa
             .collect()
     };
     let t0 = start(&d, saga_id(), json!({}));
-    let t1 = ok(&t0.state, &d, &timer(&exec_id(&d, 0), 1));
-    let t2 = ok(&t1.state, &d, &timer(&exec_id(&d, 0), 2));
-    let t3 = ok(&t2.state, &d, &timer(&exec_id(&d, 0), 3));
+    let t1 = ok(&t0.state, &d, &fire(&t0.state, &exec_id(&d, 0)));
+    let t2 = ok(&t1.state, &d, &fire(&t1.state, &exec_id(&d, 0)));
+    let t3 = ok(&t2.state, &d, &fire(&t2.state, &exec_id(&d, 0)));
     assert_eq!(sent_ids(&t0.effects), [exec_id(&d, 0)]);
     assert_eq!(sent_ids(&t1.effects), [exec_id(&d, 0)]);
     assert_eq!(sent_ids(&t2.effects), [exec_id(&d, 0)]);
@@ -1053,14 +1110,16 @@ fn random_def(rng: &mut Rng) -> SagaDefinition {
 }
 
 fn random_event(rng: &mut Rng, s: &SagaState, d: &SagaDefinition, last: &Event) -> Event {
-    let (id, attempt) = s.pending.as_ref().map_or(("none".to_string(), 1), |p| {
-        (p.command_id.clone(), p.attempt)
-    });
+    let id = s
+        .pending
+        .as_ref()
+        .map_or("none".to_string(), |p| p.command_id.clone());
+    let generation = s.timer;
     match rng.below(100) {
         0..=29 => done(&id, json!({ "n": rng.below(5) })),
         30..=44 => error(&id, "boom"),
-        45..=69 => timer(&id, attempt),
-        70..=74 => timer(&id, attempt.wrapping_sub(1 + rng.below(2) as u32)),
+        45..=69 => timer(&id, generation),
+        70..=74 => timer(&id, generation - 1 - rng.below(2) as i64),
         75..=79 => {
             let step = rng.below(d.steps.len() as u64) as usize;
             let action = if rng.below(2) == 0 {
@@ -1072,7 +1131,14 @@ fn random_event(rng: &mut Rng, s: &SagaState, d: &SagaDefinition, last: &Event) 
         }
         80..=84 => Event::Abort,
         85..=90 => Event::Retry,
-        91..=93 => Event::Skip,
+        91..=93 => Event::Skip {
+            step: match (rng.below(4), s.pending.as_ref()) {
+                (0, _) | (_, None) => d.steps[rng.below(d.steps.len() as u64) as usize]
+                    .name
+                    .clone(),
+                (_, Some(p)) => d.steps[p.step].name.clone(),
+            },
+        },
         94..=95 => Event::Resume,
         _ => last.clone(),
     }
@@ -1229,7 +1295,7 @@ fn check_transition(b: &SagaState, d: &SagaDefinition, e: &Event, t: &Transition
 
 /// Events the saga must accept: the pending command's reply, its current timer, and the
 /// operator actions in the status they are meant for.
-fn must_accept(s: &SagaState, e: &Event) -> bool {
+fn must_accept(s: &SagaState, d: &SagaDefinition, e: &Event) -> bool {
     let Some(p) = s.pending.as_ref() else {
         return false;
     };
@@ -1247,18 +1313,18 @@ fn must_accept(s: &SagaState, e: &Event) -> bool {
         }
         Event::TimerFired {
             command_id,
-            attempt,
-        } => *command_id == p.command_id && *attempt == p.attempt && p.phase != Phase::Parked,
+            generation,
+        } => *command_id == p.command_id && *generation == s.timer && p.phase != Phase::Parked,
         Event::Abort => s.status == Status::Running,
         Event::Retry => s.status == Status::Failed,
-        Event::Skip => p.action == Compensate,
+        Event::Skip { step } => p.action == Compensate && *step == d.steps[p.step].name,
         Event::Resume => matches!(s.status, Status::Running | Status::Compensating),
     }
 }
 
 /// Events the saga must refuse: anything once finished, replies and timers that are not for
 /// the pending command's current attempt, late errors on a failed saga, misplaced operator actions.
-fn must_refuse(s: &SagaState, e: &Event) -> bool {
+fn must_refuse(s: &SagaState, d: &SagaDefinition, e: &Event) -> bool {
     let Some(p) = s.pending.as_ref().filter(|_| !s.status.is_terminal()) else {
         return true;
     };
@@ -1272,11 +1338,11 @@ fn must_refuse(s: &SagaState, e: &Event) -> bool {
         }
         Event::TimerFired {
             command_id,
-            attempt,
-        } => *command_id != p.command_id || *attempt != p.attempt || p.phase == Phase::Parked,
+            generation,
+        } => *command_id != p.command_id || *generation != s.timer || p.phase == Phase::Parked,
         Event::Abort => s.status != Status::Running,
         Event::Retry => s.status != Status::Failed,
-        Event::Skip => p.action != Compensate,
+        Event::Skip { step } => p.action != Compensate || *step != d.steps[p.step].name,
         Event::Resume => !matches!(s.status, Status::Running | Status::Compensating),
     }
 }
@@ -1302,14 +1368,14 @@ fn random_event_sequences_keep_the_invariants() {
             let before = s.clone();
             match apply(&s, &d, &event) {
                 Ok(t) => {
-                    assert!(!must_refuse(&before, &event), "{event:?} accepted");
+                    assert!(!must_refuse(&before, &d, &event), "{event:?} accepted");
                     check_transition(&before, &d, &event, &t, &mut m);
                     seen.insert(t.record.event.clone());
                     s = t.state;
                 }
                 Err(e) => {
                     assert_eq!(s, before);
-                    assert!(!must_accept(&s, &event), "{event:?} refused: {e}");
+                    assert!(!must_accept(&s, &d, &event), "{event:?} refused: {e}");
                     match e {
                         TransitionError::Finished(name) => {
                             assert!(s.status.is_terminal());
@@ -1358,7 +1424,7 @@ fn skip_of_a_failed_compensation_marks_it_done_and_moves_to_the_next_one() {
         .pending
         .clone()
         .expect("failed saga keeps its pending compensate");
-    let t = ok(&f, &d, &Event::Skip);
+    let t = ok(&f, &d, &skip(&d, p.step));
     assert_eq!(t.state.steps[p.step].status, St::Compensated);
     assert_eq!(t.record.event, "compensation_skipped");
     match t.state.pending.as_ref() {
@@ -1380,19 +1446,43 @@ fn skip_of_a_failed_compensation_marks_it_done_and_moves_to_the_next_one() {
 #[test]
 fn skip_is_refused_when_no_compensation_is_pending() {
     let d = abc();
-    let e = refused(&running_at(&d, 1), &d, &Event::Skip);
+    let e = refused(&running_at(&d, 1), &d, &skip(&d, 1));
     assert!(matches!(e, TransitionError::NotAllowed(_)), "{e:?}");
     assert!(matches!(
-        refused(&completed(&d), &d, &Event::Skip),
+        refused(&completed(&d), &d, &skip(&d, 1)),
         TransitionError::Finished(_)
     ));
+}
+
+#[test]
+fn a_repeated_skip_does_not_skip_the_next_compensation_too() {
+    // Double click: both requests name step b; after the first, c's... b is skipped and a's
+    // compensation is pending, so the second names a step that is no longer pending.
+    let d = abc();
+    let s = ok(&running_at(&d, 2), &d, &error(&exec_id(&d, 2), "no")).state;
+    assert_eq!(s.pending.as_ref().map(|p| p.step), Some(1));
+    let once = ok(&s, &d, &skip(&d, 1)).state;
+    assert_eq!(once.pending.as_ref().map(|p| p.step), Some(0));
+    let e = refused(&once, &d, &skip(&d, 1));
+    assert!(matches!(e, TransitionError::NotAllowed(_)), "{e:?}");
+    assert_eq!(once.steps[0].status, St::Compensating, "a is still undone");
+}
+
+#[test]
+fn a_skip_naming_another_step_than_the_pending_one_is_refused() {
+    let d = abc();
+    let s = ok(&running_at(&d, 2), &d, &error(&exec_id(&d, 2), "no")).state;
+    for name in ["a", "c", "nope", ""] {
+        let e = refused(&s, &d, &Event::Skip { step: name.into() });
+        assert!(matches!(e, TransitionError::NotAllowed(_)), "{name}: {e:?}");
+    }
 }
 
 #[test]
 fn resume_resends_the_pending_command_now_with_attempt_one() {
     let d = abc();
     let s = running_at(&d, 1);
-    let s = ok(&s, &d, &timer(&exec_id(&d, 1), 1)).state; // attempt 2 in flight
+    let s = ok(&s, &d, &fire(&s, &exec_id(&d, 1))).state; // attempt 2 in flight
     let t = ok(&s, &d, &Event::Resume);
     assert_eq!(t.state.pending, waits(&d, 1, Execute, 1));
     assert_eq!(t.effects, sends(&d, 1, Execute, 1));

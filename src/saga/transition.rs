@@ -15,13 +15,16 @@
 //! compensating  --error|timer(max)--> failed        [announce]
 //! failed        --retry-->            compensating  [re-send the failed compensate (attempt 1), arm]
 //! failed        --done-->             compensating/compensated (a late done still counts)
-//! compensating|failed --skip-->      next compensate | compensated (the pending one is marked done unrun)
+//! compensating|failed --skip(k)-->   next compensate | compensated (pending compensate k marked done unrun;
+//!                                    a skip naming another step is refused)
 //! running|compensating --resume-->  re-send the pending command now, attempts reset to 1
 //! completed, compensated: absorb everything (Finished)
 //! ```
 //! Time comes in as `TimerFired` events; nothing here reads a clock or does I/O.
-//! The actor keeps one timer per saga: arming a timer replaces the one armed before,
-//! so a compensate's back-off is never cut short by the time-out of the send it follows.
+//! Every timer carries a generation: the version of the transition that armed it, kept in
+//! `SagaState::timer`. A timer of another generation is stale, so neither a time-out of an
+//! earlier send (after `resume`/`retry` restarted at attempt 1) nor the time-out of the send
+//! a back-off follows can fire for the current command.
 
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -66,6 +69,7 @@ pub fn start(def: &SagaDefinition, saga_id: Uuid, payload: Value) -> Transition 
         steps,
         pending: None,
         to_compensate: Vec::new(),
+        timer: 0,
         started_at_ms: None,
         traceparent: None,
     };
@@ -169,19 +173,19 @@ pub fn apply(
         }
         Event::TimerFired {
             command_id,
-            attempt,
+            generation,
         } => {
             let p = pending_for(state, command_id)?;
-            if p.attempt != *attempt || p.phase == Phase::Parked {
+            if state.timer != *generation || p.phase == Phase::Parked {
                 return Err(TransitionError::Stale(format!(
-                    "timer for attempt {attempt} of {command_id}"
+                    "timer of generation {generation} for {command_id}"
                 )));
             }
             on_timer(&mut next, def, p, &mut effects)
         }
         Event::Abort => on_abort(&mut next, def, &mut effects)?,
         Event::Retry => on_retry(&mut next, def, &mut effects)?,
-        Event::Skip => on_skip(&mut next, def, &mut effects)?,
+        Event::Skip { step } => on_skip(&mut next, def, step, &mut effects)?,
         Event::Resume => on_resume(&mut next, def, &mut effects)?,
     };
     Ok(Transition {
@@ -243,6 +247,7 @@ fn send(
         command_id: id.clone(),
         attempt,
     });
+    state.timer = state.version;
     effects.push(Effect::ArmTimer {
         command_id: id,
         attempt,
@@ -367,6 +372,9 @@ fn on_compensate_error(
     if let Some(pending) = next.pending.as_mut() {
         pending.phase = Phase::BackingOff;
     }
+    // A new generation: the time-out armed with the send is void, so it cannot cut the
+    // back-off short.
+    next.timer = next.version;
     effects.push(Effect::ArmTimer {
         command_id: p.command_id.clone(),
         attempt: p.attempt,
@@ -480,6 +488,7 @@ fn on_retry(
 fn on_skip(
     next: &mut SagaState,
     def: &SagaDefinition,
+    step: &str,
     effects: &mut Vec<Effect>,
 ) -> Result<Record, TransitionError> {
     let pending = next.pending.clone();
@@ -489,6 +498,13 @@ fn on_skip(
             next.status.as_str()
         )));
     };
+    let pending_name = def.steps[p.step].name.as_str();
+    if pending_name != step {
+        return Err(TransitionError::NotAllowed(format!(
+            "the pending compensation is step `{pending_name}`, not `{}`: nothing skipped",
+            step.chars().take(100).collect::<String>()
+        )));
+    }
     next.steps[p.step].status = StepStatus::Compensated;
     next.status = Status::Compensating;
     compensate_next(next, def, effects);

@@ -35,21 +35,27 @@ pub async fn ensure_partitions(pool: &Pool, n: u32) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Records that this instance is alive until `lease` from now; counts the live instances.
+/// Records that this instance (this incarnation of it) is alive until `lease` from now, and
+/// counts the live instances. None when another incarnation of the same instance id is
+/// alive: this process is a twin and must take nothing (the live one is not disturbed).
 pub async fn heartbeat(
     pool: &Pool,
     instance: &str,
+    incarnation: uuid::Uuid,
     partitions: u32,
     lease: Duration,
-) -> Result<Peers, StoreError> {
+) -> Result<Option<Peers>, StoreError> {
     let client = pool.get().await?;
     let stmt = client
         .prepare_cached(
             "WITH me AS (
-                INSERT INTO saga_instances (id, partitions, expires_at)
-                VALUES ($1, $2, now() + $3 * interval '1 millisecond')
+                INSERT INTO saga_instances (id, partitions, expires_at, incarnation)
+                VALUES ($1, $2, now() + $3 * interval '1 millisecond', $4)
                 ON CONFLICT (id) DO UPDATE
-                   SET expires_at = EXCLUDED.expires_at, partitions = EXCLUDED.partitions
+                   SET expires_at = EXCLUDED.expires_at, partitions = EXCLUDED.partitions,
+                       incarnation = EXCLUDED.incarnation
+                 WHERE saga_instances.incarnation IS NOT DISTINCT FROM EXCLUDED.incarnation
+                    OR saga_instances.expires_at < now()
                 RETURNING id
              )
              SELECT (SELECT count(*) FROM saga_instances
@@ -62,14 +68,19 @@ pub async fn heartbeat(
         )
         .await?;
     let row = client
-        .query_one(&stmt, &[&instance, &(partitions as i32), &ms(lease)])
+        .query_opt(
+            &stmt,
+            &[&instance, &(partitions as i32), &ms(lease), &incarnation],
+        )
         .await?;
-    let other: Option<String> = row.get(1);
-    let their_n: Option<i32> = row.get(2);
-    Ok(Peers {
-        live: row.get(0),
-        mismatch: other.zip(their_n),
-    })
+    Ok(row.map(|row| {
+        let other: Option<String> = row.get(1);
+        let their_n: Option<i32> = row.get(2);
+        Peers {
+            live: row.get(0),
+            mismatch: other.zip(their_n),
+        }
+    }))
 }
 
 /// Extends the leases this instance holds (partition, epoch); returns those still held.
@@ -160,11 +171,15 @@ pub async fn release(pool: &Pool, instance: &str, held: &[(u32, i64)]) -> Result
     Ok(())
 }
 
-/// Removes this instance's heartbeat (on shutdown), so the others rebalance at once.
-pub async fn leave(pool: &Pool, instance: &str) -> Result<(), StoreError> {
+/// Removes this incarnation's heartbeat (on shutdown), so the others rebalance at once; a
+/// twin's leaves the live process's row alone.
+pub async fn leave(pool: &Pool, instance: &str, incarnation: uuid::Uuid) -> Result<(), StoreError> {
     let client = pool.get().await?;
     client
-        .execute("DELETE FROM saga_instances WHERE id = $1", &[&instance])
+        .execute(
+            "DELETE FROM saga_instances WHERE id = $1 AND incarnation = $2",
+            &[&instance, &incarnation],
+        )
         .await?;
     Ok(())
 }

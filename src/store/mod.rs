@@ -3,6 +3,7 @@
 mod definitions;
 pub mod leases;
 mod migrations;
+pub mod outbox;
 pub mod queries;
 mod snapshots;
 
@@ -42,13 +43,20 @@ pub enum StoreError {
     /// This instance does not hold the lease of the saga's partition (any more).
     #[error("saga {0} belongs to a partition this instance does not hold")]
     NotOwner(uuid::Uuid),
+    /// An operator's transition was not committed before its deadline; the database
+    /// refuses it from then on, so it never takes effect.
+    #[error("database did not commit the action in time; nothing was done")]
+    DeadlinePassed,
 }
 
 impl StoreError {
     /// Worth retrying after a back-off: the database is unreachable or restarting.
     pub fn is_transient(&self) -> bool {
         match self {
-            StoreError::Pool(_) | StoreError::WriterGone | StoreError::Unavailable(_) => true,
+            StoreError::Pool(_)
+            | StoreError::WriterGone
+            | StoreError::Unavailable(_)
+            | StoreError::DeadlinePassed => true,
             StoreError::Postgres(e) => {
                 if e.is_closed() {
                     return true;
@@ -77,6 +85,19 @@ impl StoreError {
             | StoreError::NotOwner(_) => false,
         }
     }
+}
+
+/// The lease loop's own small pool: its statements time out well within the lease, so a
+/// database that hangs cannot hold a renewal past the lease's local expiry unnoticed.
+pub fn build_lease_pool(mut config: tokio_postgres::Config, lease: Duration) -> Pool {
+    let limit = (lease / 4).as_millis().max(100);
+    let options = format!(
+        "{} -c statement_timeout={limit} -c lock_timeout={limit}",
+        config.get_options().unwrap_or("")
+    );
+    config.options(options.trim());
+    config.connect_timeout(lease / 4);
+    build_pool(config, 2)
 }
 
 /// Builds the connection pool; connects lazily.

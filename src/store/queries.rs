@@ -68,9 +68,21 @@ pub async fn load_unfinished_in(
             &[&partitions, &(n as i32)],
         )
         .await?;
-    rows.into_iter()
-        .map(|row| decode(row.get(0), row.get(1)))
-        .collect()
+    // One snapshot that does not decode must not keep the partition's other sagas from
+    // being driven: it is logged (and shows on `GET /sagas/{id}`) and left for an operator.
+    Ok(rows
+        .into_iter()
+        .filter_map(|row| {
+            let id: Uuid = row.get(0);
+            match decode(id, row.get(1)) {
+                Ok(state) => Some(state),
+                Err(e) => {
+                    log::error!("saga={id} step=- snapshot does not decode, not driven: {e}");
+                    None
+                }
+            }
+        })
+        .collect())
 }
 
 /// Running sagas of some partitions started in the last ten minutes that have not moved
@@ -105,9 +117,21 @@ pub async fn load_unfinished(pool: &Pool) -> Result<Vec<SagaState>, StoreError> 
             &[],
         )
         .await?;
-    rows.into_iter()
-        .map(|row| decode(row.get(0), row.get(1)))
-        .collect()
+    // One snapshot that does not decode must not keep the partition's other sagas from
+    // being driven: it is logged (and shows on `GET /sagas/{id}`) and left for an operator.
+    Ok(rows
+        .into_iter()
+        .filter_map(|row| {
+            let id: Uuid = row.get(0);
+            match decode(id, row.get(1)) {
+                Ok(state) => Some(state),
+                Err(e) => {
+                    log::error!("saga={id} step=- snapshot does not decode, not driven: {e}");
+                    None
+                }
+            }
+        })
+        .collect())
 }
 
 /// One history row as the API shows it.
@@ -416,4 +440,14 @@ pub async fn load_version(pool: &Pool, id: Uuid) -> Result<Option<(i64, Value)>,
         .query_opt("SELECT version, state FROM sagas WHERE id = $1", &[&id])
         .await?;
     Ok(row.map(|r| (r.get(0), r.get(1))))
+}
+
+/// The event of a saga's history row at `version`, if it is written.
+pub async fn event_at(pool: &Pool, id: Uuid, version: i64) -> Result<Option<String>, StoreError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached("SELECT event FROM saga_events WHERE saga_id = $1 AND version = $2")
+        .await?;
+    let row = client.query_opt(&stmt, &[&id, &version]).await?;
+    Ok(row.map(|r| r.get(0)))
 }

@@ -35,6 +35,12 @@ pub struct SnapshotWrite {
     pub fence: Fence,
     /// The `traceparent` of the message that caused it, for the history row.
     pub traceparent: Option<String>,
+    /// An operator's write must commit before this instant or never (the statement checks
+    /// the database's clock).
+    pub deadline: Option<chrono::DateTime<chrono::Utc>>,
+    /// A lifecycle event to announce: (routing key, body), written to `saga_outbox` in the
+    /// same transaction and published by the relay (at least once).
+    pub announce: Option<(String, Value)>,
 }
 
 impl SnapshotWrite {
@@ -55,6 +61,8 @@ impl SnapshotWrite {
             record,
             fence,
             traceparent: None,
+            deadline: None,
+            announce: None,
         })
     }
 }
@@ -94,24 +102,35 @@ pub struct StartConflict {
     pub status: String,
 }
 
+// The fence locks the lease row (FOR KEY SHARE): a take-over (`leases::acquire` locks the
+// row FOR UPDATE) waits for a batch in flight, or the batch waits for the take-over and then
+// finds the epoch changed. Renewals (non-key updates) do not conflict with it.
 const UPDATE_BATCH: &str = "
 WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::jsonb[],
                          $6::text[], $7::text[], $8::text[], $9::int[], $10::bigint[],
-                         $12::text[])
-        AS t(id, version, status, step, state, event, event_step, detail, part, epoch, trace)
+                         $12::text[], $13::timestamptz[], $14::text[], $15::jsonb[])
+        AS t(id, version, status, step, state, event, event_step, detail, part, epoch, trace,
+             deadline, okey, obody)
 ), upd AS (
     UPDATE sagas s
        SET version = i.version, status = i.status, step = i.step, state = i.state, updated_at = now()
       FROM input i
      WHERE s.id = i.id AND s.version = i.version - 1
+       AND (i.deadline IS NULL OR clock_timestamp() < i.deadline)
        AND EXISTS (SELECT 1 FROM saga_partitions p
-                    WHERE p.partition = i.part AND p.epoch = i.epoch AND p.owner = $11)
+                    WHERE p.partition = i.part AND p.epoch = i.epoch AND p.owner = $11
+                    FOR KEY SHARE)
     RETURNING s.id
 ), ev AS (
     INSERT INTO saga_events (saga_id, version, event, step, status, detail, traceparent)
     SELECT i.id, i.version, i.event, i.event_step, i.status, i.detail, i.trace
       FROM input i JOIN upd u ON u.id = i.id
+), ob AS (
+    INSERT INTO saga_outbox (saga_id, routing_key, body)
+    SELECT i.id, i.okey, i.obody
+      FROM input i JOIN upd u ON u.id = i.id
+     WHERE i.okey IS NOT NULL
 )
 SELECT id FROM upd";
 
@@ -138,7 +157,22 @@ impl SnapshotWriter {
             let pool = pool.clone();
             let rx = rx.clone();
             let instance = instance.clone();
-            tokio::spawn(async move { write_loop(pool, rx, batch, instance).await });
+            // Supervised: a writer that panics is started again (the transitions of its batch
+            // see their answer dropped, which their actors retry as a transient failure).
+            tokio::spawn(async move {
+                loop {
+                    let task = tokio::spawn(write_loop(
+                        pool.clone(),
+                        rx.clone(),
+                        batch,
+                        instance.clone(),
+                    ));
+                    match task.await {
+                        Ok(()) => return,
+                        Err(e) => log::error!("snapshot writer stopped ({e}); starting it again"),
+                    }
+                }
+            });
         }
         SnapshotWriter { pool, jobs: tx }
     }
@@ -250,6 +284,8 @@ fn settle(jobs: Vec<Job>, result: Result<Vec<Uuid>, StoreError>) {
             for job in jobs {
                 let result = if committed.contains(&job.write.id) {
                     Ok(())
+                } else if job.write.deadline.is_some_and(|d| chrono::Utc::now() >= d) {
+                    Err(StoreError::DeadlinePassed)
                 } else {
                     Err(StoreError::Conflict(job.write.id))
                 };
@@ -285,6 +321,9 @@ async fn commit_batch(pool: &Pool, jobs: &[Job], instance: &str) -> Result<Vec<U
     let mut partitions = Vec::with_capacity(n);
     let mut epochs = Vec::with_capacity(n);
     let mut traces = Vec::with_capacity(n);
+    let mut deadlines = Vec::with_capacity(n);
+    let mut okeys = Vec::with_capacity(n);
+    let mut obodies = Vec::with_capacity(n);
     for job in jobs {
         let w = &job.write;
         ids.push(w.id);
@@ -298,6 +337,9 @@ async fn commit_batch(pool: &Pool, jobs: &[Job], instance: &str) -> Result<Vec<U
         partitions.push(w.fence.partition);
         epochs.push(w.fence.epoch);
         traces.push(w.traceparent.as_deref());
+        deadlines.push(w.deadline);
+        okeys.push(w.announce.as_ref().map(|(k, _)| k.as_str()));
+        obodies.push(w.announce.as_ref().map(|(_, b)| b));
     }
     let client = pool.get().await?;
     let stmt = client.prepare_cached(UPDATE_BATCH).await?;
@@ -318,6 +360,9 @@ async fn commit_batch(pool: &Pool, jobs: &[Job], instance: &str) -> Result<Vec<U
                 &epochs,
                 &instance,
                 &traces,
+                &deadlines,
+                &okeys,
+                &obodies,
             ],
         )
         .await?;
