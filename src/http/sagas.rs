@@ -25,7 +25,8 @@ fn parse_id(raw: &str) -> Result<SagaId, ApiError> {
     operation_id = "get_saga",
     params(("id" = String, Path, description = "The saga's UUID or its base62 `code`")),
     responses(
-        (status = 200, description = "The saga, its state and its history, oldest first", body = crate::store::SagaView),
+        (status = 200, description = "The saga, its state and its history, oldest first", body = crate::store::SagaView,
+            headers(("ETag" = String, description = "`\"<version>\"`: give it as `If-Match` to an operator action"))),
         (status = 400, description = "`id` is neither a UUID nor a base62 code", body = super::schemas::ErrorBody),
         (status = 404, description = "No such saga", body = super::schemas::ErrorBody),
         (status = 503, description = "PostgreSQL is unreachable", body = super::schemas::ErrorBody),
@@ -456,10 +457,14 @@ async fn forward_action(
     summary = "An operator action: abort, retry, skip or resume",
     description = "`abort`: a `running` saga starts compensating, the step whose command is \
         pending first. `retry`: a `failed` saga re-sends its failed compensate command (same \
-        `command_id`). `skip`: the pending compensation of a `compensating` or `failed` saga is \
-        marked done without running it. `resume`: the pending command of a `running` or \
-        `compensating` saga is re-sent now, its attempts reset. Any other state answers 409. \
-        The optional JSON body is recorded in the history row's `detail`.",
+        `command_id`). `skip` (body `{\"step\": name}`, required): the pending compensation of a \
+        `compensating` or `failed` saga, which must be that step's, is marked done without \
+        running it. `resume`: the pending command of a `running` or `compensating` saga is \
+        re-sent now, its attempts reset. Any other state answers 409. With `If-Match: \"<version>\"` \
+        (the `ETag` of `GET /sagas/{id}`) the action is taken only at that version (412 \
+        otherwise). 202 means the transition is committed; when it cannot be committed within \
+        5 s (PostgreSQL unreachable) the answer is 503 and the action never takes effect. \
+        The optional `by` and `reason` are recorded in the history row's `detail`.",
     params(
         ("id" = String, Path, description = "The saga's UUID or its base62 `code`"),
         ("action" = super::schemas::OperatorAction, Path, description = "The action"),
@@ -467,17 +472,18 @@ async fn forward_action(
     request_body(
         content = Option<OperatorNote>,
         content_type = "application/json",
-        description = "Optional: who asks and why; an empty body is fine",
+        description = "Who asks and why (`by`, `reason`, optional); `skip` needs `step`. An empty body is fine for the other actions",
     ),
     security(("admin_token" = [])),
     responses(
         (status = 202, description = "Accepted: the transition is committed", body = super::schemas::ActionAccepted),
-        (status = 400, description = "`id` is neither a UUID nor a code, or the body is not JSON", body = super::schemas::ErrorBody),
+        (status = 400, description = "`id` is neither a UUID nor a code, the body is not JSON, `skip` names no step, or `If-Match` is not a version", body = super::schemas::ErrorBody),
         (status = 401, description = "`SAGA_ADMIN_TOKEN` is set and the bearer token is missing or wrong", body = super::schemas::ErrorBody),
         (status = 404, description = "No such saga, or no such action", body = super::schemas::ErrorBody),
-        (status = 409, description = "The saga's status does not allow this action", body = super::schemas::ErrorBody),
+        (status = 409, description = "The saga's status does not allow this action (or `skip` names another step than the pending one)", body = super::schemas::ErrorBody),
+        (status = 412, description = "`If-Match` names a version the saga is no longer at: nothing was done", body = super::schemas::ErrorBody),
         (status = 413, description = "Body over 64 KiB", body = super::schemas::ErrorBody),
-        (status = 503, description = "PostgreSQL or RabbitMQ is unreachable, or the service is starting or stopping", body = super::schemas::ErrorBody),
+        (status = 503, description = "PostgreSQL or RabbitMQ is unreachable, or the service is starting or stopping: nothing was done", body = super::schemas::ErrorBody),
     )
 )]
 pub async fn act(

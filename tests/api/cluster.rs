@@ -9,26 +9,6 @@ use uuid::Uuid;
 
 use crate::helpers::*;
 
-/// A fresh saga id whose partition (of 64) `owner` holds, read from the database.
-async fn id_held_by(names: &Names, owner: &str) -> Uuid {
-    let db = db(names).await;
-    let rows = db
-        .query(
-            "SELECT partition FROM saga_partitions WHERE owner = $1",
-            &[&owner],
-        )
-        .await
-        .expect("partitions");
-    let held: Vec<u32> = rows.iter().map(|r| r.get::<_, i32>(0) as u32).collect();
-    assert!(!held.is_empty(), "{owner} holds no partition");
-    loop {
-        let id = Uuid::new_v4();
-        if held.contains(&partition_of(&id, 64)) {
-            return id;
-        }
-    }
-}
-
 #[actix_web::test]
 async fn the_partition_of_an_id_is_the_same_in_rust_and_in_postgres() {
     let app = spawn_app(None).await;

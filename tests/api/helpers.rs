@@ -194,6 +194,17 @@ pub async fn start_app_with(
     cleanup: bool,
     tweak: impl FnOnce(&mut Settings),
 ) -> TestApp {
+    let test = launch_app_with(names, cleanup, tweak);
+    let ready = wait_until(Duration::from_secs(30), || async {
+        matches!(test.http.get(test.url("/readiness")).send().await, Ok(r) if r.status() == 200)
+    })
+    .await;
+    assert!(ready, "app did not become ready");
+    test
+}
+
+/// Starts an app with settings adjusted by `tweak`, without waiting for it to be ready.
+pub fn launch_app_with(names: Names, cleanup: bool, tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let mut settings = settings(&names);
     tweak(&mut settings);
     let app = Application::build(settings, false).expect("build app");
@@ -201,20 +212,89 @@ pub async fn start_app_with(
     let state = app.state();
     let server = app.server_handle();
     actix_web::rt::spawn(app.run_until_stopped());
-    let test = TestApp {
+    TestApp {
         address,
         http: reqwest::Client::new(),
         names,
         state,
         server,
         cleanup,
-    };
-    let ready = wait_until(Duration::from_secs(30), || async {
-        matches!(test.http.get(test.url("/readiness")).send().await, Ok(r) if r.status() == 200)
-    })
-    .await;
-    assert!(ready, "app did not become ready");
-    test
+    }
+}
+
+/// A client of the PostgreSQL server the tests run on (its admin database).
+pub async fn admin_client() -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect to PostgreSQL");
+    tokio::spawn(conn);
+    client
+}
+
+/// A fresh saga id whose partition (of 64) `owner` holds, read from the database.
+pub async fn id_held_by(names: &Names, owner: &str) -> Uuid {
+    let db = db(names).await;
+    let rows = db
+        .query(
+            "SELECT partition FROM saga_partitions WHERE owner = $1",
+            &[&owner],
+        )
+        .await
+        .expect("partitions");
+    let held: Vec<u32> = rows.iter().map(|r| r.get::<_, i32>(0) as u32).collect();
+    assert!(!held.is_empty(), "{owner} holds no partition");
+    loop {
+        let id = Uuid::new_v4();
+        if held.contains(&saga_service::cluster::partition_of(&id, 64)) {
+            return id;
+        }
+    }
+}
+
+/// Runs `rabbitmqctl` with `args`; true when it succeeded.
+pub fn rabbitmqctl(args: &[&str]) -> bool {
+    std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// A RabbitMQ policy that makes a queue refuse (nack) every publish: as the broker does
+/// when it is out of resources. Cleared when dropped.
+pub struct RefusePublishes(String);
+
+impl RefusePublishes {
+    /// Applies it to `queue` only.
+    pub fn on(queue: &str) -> Self {
+        let name = format!("refuse-{queue}");
+        let pattern = format!("^{queue}$");
+        assert!(
+            rabbitmqctl(&[
+                "set_policy",
+                "--apply-to",
+                "queues",
+                "--priority",
+                "99",
+                &name,
+                &pattern,
+                r#"{"max-length":0,"overflow":"reject-publish"}"#,
+            ]),
+            "rabbitmqctl set_policy"
+        );
+        RefusePublishes(name)
+    }
+
+    /// Lifts it now.
+    pub fn lift(&self) {
+        rabbitmqctl(&["clear_policy", &self.0]);
+    }
+}
+
+impl Drop for RefusePublishes {
+    fn drop(&mut self) {
+        self.lift();
+    }
 }
 
 /// Starts an app whose database is never created, so PostgreSQL is unreachable for it: it

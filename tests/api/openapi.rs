@@ -35,6 +35,7 @@ const PROBES: &[(&str, &str, u16)] = &[
     ("post", "/sagas/{id}/{action}", 401),
     ("post", "/sagas/{id}/{action}", 404),
     ("post", "/sagas/{id}/{action}", 409),
+    ("post", "/sagas/{id}/{action}", 412),
     ("post", "/sagas/{id}/{action}", 413),
     ("post", "/sagas/{id}/{action}", 503),
     ("get", "/liveness", 200),
@@ -124,11 +125,13 @@ fn requests(c: &Ctx, method: &str, path: &str, status: u16) -> Vec<RequestBuilde
             act(&held[0], "abort").json(&json!({"by": "openapi test", "reason": "probe"})),
             act(&held[1], "resume"),
             act(&failed[0], "retry"),
-            act(&failed[1], "skip"),
+            act(&failed[1], "skip").json(&json!({"step": "s1", "by": "openapi test"})),
         ],
         ("post", "/sagas/{id}/{action}", 400) => vec![
             act(&"not-an-id", "abort"),
             act(&held[2], "abort").body("{not json"),
+            act(&held[2], "skip"),
+            act(&held[2], "abort").header("if-match", "not-a-version"),
         ],
         ("post", "/sagas/{id}/{action}", 401) => vec![
             post(up, &format!("/sagas/{}/abort", held[2])),
@@ -141,8 +144,11 @@ fn requests(c: &Ctx, method: &str, path: &str, status: u16) -> Vec<RequestBuilde
             act(&done, "abort"),
             act(&done, "resume"),
             act(&held[2], "retry"),
-            act(&held[2], "skip"),
+            act(&held[2], "skip").json(&json!({"step": "s1"})),
         ],
+        ("post", "/sagas/{id}/{action}", 412) => {
+            vec![act(&held[2], "abort").header("if-match", "\"999\"")]
+        }
         ("post", "/sagas/{id}/{action}", 413) => vec![act(&held[2], "abort").body(big)],
         ("post", "/sagas/{id}/{action}", 503) => {
             vec![post(down, &format!("/sagas/{}/abort", Uuid::new_v4()))]

@@ -100,7 +100,7 @@ async fn skip_marks_a_failed_compensation_done_and_records_who_and_why() {
     let r = app
         .http
         .post(app.url(&format!("/sagas/{id}/skip")))
-        .json(&json!({"by": "alice", "reason": "refunded by hand"}))
+        .json(&json!({"step": "s1", "by": "alice", "reason": "refunded by hand"}))
         .send()
         .await
         .unwrap();
@@ -116,6 +116,7 @@ async fn skip_marks_a_failed_compensation_done_and_records_who_and_why() {
     let r = app
         .http
         .post(app.url(&format!("/sagas/{id}/skip")))
+        .json(&json!({"step": "s1"}))
         .send()
         .await
         .unwrap();

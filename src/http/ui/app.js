@@ -29,7 +29,7 @@ const ACTIONS = {
   skip: {
     label: 'Skip compensation',
     when: ['compensating', 'failed'],
-    help: 'The pending compensation is marked done without running it (you undid it by hand); the saga goes on with the next one.',
+    help: 'The pending compensation of the step shown is marked done without running it (you undid it by hand); the saga goes on with the next one.',
     danger: true,
   },
   retry: {
@@ -497,7 +497,14 @@ async function submitAction(ev) {
     note.by = by;
     localStorage.setItem(BY_KEY, by);
   }
-  const headers = { 'content-type': 'application/json', accept: 'application/json' };
+  // Skip names the step it skips, and every action holds to the version on screen: a
+  // double click, or a saga that moved on meanwhile, is refused (409/412), never applied twice.
+  if (dialog.action === 'skip' && dialog.saga.step) note.step = dialog.saga.step;
+  const headers = {
+    'content-type': 'application/json',
+    accept: 'application/json',
+    'if-match': `"${dialog.saga.version}"`,
+  };
   const sent = token.get();
   if (sent) headers.authorization = `Bearer ${sent}`;
   const err = $('#action-error');
@@ -527,6 +534,7 @@ async function submitAction(ev) {
       refreshSagaNow();
       return;
     }
+    if (r.status === 412) refreshSagaNow();
     err.textContent = `${r.status}: ${body && body.error ? body.error : r.statusText}`;
     err.hidden = false;
     if (r.status === 409) refreshSagaNow();
