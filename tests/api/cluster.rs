@@ -196,3 +196,80 @@ async fn any_instance_starts_shows_and_aborts_any_saga_and_the_owner_drives_it()
     second.stop().await;
     participants.close().await;
 }
+
+#[actix_web::test]
+async fn a_write_racing_a_take_over_waits_for_it_and_is_refused() {
+    let names = Names::new();
+    write_definitions(&names, &[steps(&names, 3, 30_000, 3)]);
+    create_database(&names).await;
+    let app = start_app_with(names, true, |s| {
+        s.cluster.lease = Duration::from_secs(120);
+        s.cluster.renew_every = Duration::from_secs(60);
+    })
+    .await;
+    let participants = Participants::start(&app.names, 3, Arc::new(|_| Answer::Silent)).await;
+    let id = app.start_saga(json!({})).await;
+    let got = wait_until(Duration::from_secs(10), || async {
+        !participants.for_saga(id).is_empty()
+    })
+    .await;
+    assert!(got, "step 1 sent");
+    let command = participants.for_saga(id)[0].clone();
+    let partition = partition_of(&id, 64) as i32;
+    // A take-over in flight: another instance has locked the lease row to take it.
+    let mut thief = db(&app.names).await;
+    let tx = thief.transaction().await.expect("begin");
+    tx.query(
+        "SELECT 1 FROM saga_partitions WHERE partition = $1 FOR UPDATE",
+        &[&partition],
+    )
+    .await
+    .expect("lock the lease row");
+    let reply = json!({"command_id": command.command_id(), "saga_id": id, "status": "done"});
+    assert!(
+        publish_raw(
+            &participants.channel,
+            &app.names.reply_queue,
+            reply.to_string().as_bytes(),
+            None
+        )
+        .await
+    );
+    // The instance's snapshot write waits on the lease row instead of reading past it.
+    let observer = db(&app.names).await;
+    let waiting = wait_until(Duration::from_secs(10), || async {
+        observer
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND wait_event_type = 'Lock'
+                    AND query LIKE '%UPDATE sagas%'",
+                &[],
+            )
+            .await
+            .map(|r| r.get::<_, i64>(0) > 0)
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(
+        waiting,
+        "the fenced write waits for the take-over in flight"
+    );
+    tx.execute(
+        "UPDATE saga_partitions SET owner = 'thief', epoch = epoch + 1,
+                expires_at = now() + interval '1 hour' WHERE partition = $1",
+        &[&partition],
+    )
+    .await
+    .expect("take it");
+    tx.commit().await.expect("commit the take-over");
+    let advanced = wait_until(Duration::from_secs(3), || async {
+        observer
+            .query_one("SELECT version FROM sagas WHERE id = $1", &[&id])
+            .await
+            .map(|r| r.get::<_, i64>(0) != 1)
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(!advanced, "the write made under the old epoch was refused");
+    participants.close().await;
+}

@@ -60,6 +60,9 @@ async fn a_timer_armed_before_resume_does_not_time_out_the_fresh_send() {
     })
     .await;
     assert!(passive, "the saga actor passivated");
+    // Let half of the first send's time-out pass (time passing, not synchronisation): its
+    // wake, held by the registry, would go off 2 s into the fresh send's 4 s.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let r = app
         .http
         .post(app.url(&format!("/sagas/{id}/resume")))
