@@ -5,6 +5,7 @@ pub mod leases;
 mod migrations;
 pub mod queries;
 mod snapshots;
+pub mod tls;
 
 use std::time::Duration;
 
@@ -79,11 +80,11 @@ impl StoreError {
     }
 }
 
-/// Builds the connection pool; connects lazily.
-pub fn build_pool(config: tokio_postgres::Config, size: usize) -> Pool {
+/// Builds the connection pool, every connection with the settings' TLS; connects lazily.
+pub fn build_pool(database: &crate::config::DatabaseSettings, size: usize) -> Pool {
     let manager = Manager::from_config(
-        config,
-        tokio_postgres::NoTls,
+        database.config.clone(),
+        database.connector.make_tls_connect(),
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
