@@ -1,9 +1,11 @@
 //! One integration-test binary against the real PostgreSQL and RabbitMQ.
 
+mod certs;
 mod helpers;
 
 mod hostile;
 
+mod amqps;
 mod cluster;
 mod compensation;
 mod completion;
@@ -16,5 +18,6 @@ mod passivation;
 mod quarantine;
 mod replies;
 mod restart;
+mod tls;
 mod trace;
 mod ui;
