@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use super::{redact_url, ConfigError};
-use crate::store::tls::{PgConnector, Roots};
+use crate::store::tls::{read_pem_file, PgConnector, Roots};
 
 /// libpq's `sslmode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +109,10 @@ pub fn parse_database_url(url: &str) -> Result<DatabaseSettings, ConfigError> {
         None | Some("system") => Roots::System,
         Some(path) => Roots::File(PathBuf::from(path)),
     };
+    if let Roots::File(path) = &roots {
+        // Checked under every mode, so that a typo shows at start-up, not at a later switch.
+        read_pem_file(path).map_err(|e| bad(e.to_string()))?;
+    }
     let connector = PgConnector::new(ssl_mode, &roots).map_err(|e| bad(e.to_string()))?;
     config.ssl_mode(match ssl_mode {
         SslMode::Disable => tokio_postgres::config::SslMode::Disable,

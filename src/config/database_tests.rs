@@ -131,6 +131,10 @@ fn an_unreadable_or_empty_root_file_is_a_bad_value_naming_it() {
     let e = parse_database_url("postgres://h/db?sslmode=verify-ca&sslrootcert=/nonexistent/ca.pem")
         .unwrap_err();
     assert!(e.0.contains("/nonexistent/ca.pem"), "{e}");
+    // Also where it would not be used.
+    let e = parse_database_url("postgres://h/db?sslmode=prefer&sslrootcert=/nonexistent/ca.pem")
+        .unwrap_err();
+    assert!(e.0.contains("/nonexistent/ca.pem"), "{e}");
     let junk = PemFile::new(Some("not a certificate\n"));
     let e = parse_database_url(&format!(
         "postgres://h/db?sslmode=verify-full&sslrootcert={}",
