@@ -10,7 +10,16 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::broker::AmqpTls;
 use crate::domain::{load_definitions, SagaDefinition};
+
+mod database;
+#[cfg(test)]
+mod database_tests;
+mod redact;
+
+pub use database::{parse_database_url, DatabaseSettings, SslMode};
+pub use redact::{redact_url, REDACTED};
 
 /// Command line of `saga-service`.
 #[derive(Debug, Parser)]
@@ -51,10 +60,13 @@ pub enum QueueType {
 /// Flags of `migrate`.
 #[derive(Debug, Clone, Args)]
 pub struct MigrateArgs {
-    /// PostgreSQL URL.
+    /// PostgreSQL URL; libpq's `sslmode` and `sslrootcert` parameters select TLS
+    /// [default: postgres://postgres:***@localhost:5432/postgres].
     #[arg(
         long,
         env = "SAGA_DATABASE_URL",
+        hide_env_values = true,
+        hide_default_value = true,
         default_value = "postgres://postgres:postgres@localhost:5432/postgres"
     )]
     pub database_url: String,
@@ -63,20 +75,29 @@ pub struct MigrateArgs {
 /// Flags of `serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// PostgreSQL URL.
+    /// PostgreSQL URL; libpq's `sslmode` and `sslrootcert` parameters select TLS
+    /// [default: postgres://postgres:***@localhost:5432/postgres].
     #[arg(
         long,
         env = "SAGA_DATABASE_URL",
+        hide_env_values = true,
+        hide_default_value = true,
         default_value = "postgres://postgres:postgres@localhost:5432/postgres"
     )]
     pub database_url: String,
-    /// RabbitMQ URL.
+    /// RabbitMQ URL; `amqps://` connects with TLS
+    /// [default: amqp://guest:***@127.0.0.1:5672/%2f].
     #[arg(
         long,
         env = "SAGA_AMQP_URL",
+        hide_env_values = true,
+        hide_default_value = true,
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
     pub amqp_url: String,
+    /// PEM file of CA certificates trusted for `amqps://`, besides the system's.
+    #[arg(long, env = "SAGA_AMQP_CA_FILE")]
+    pub amqp_ca_file: Option<PathBuf>,
     /// HTTP listen address.
     #[arg(long, env = "SAGA_HTTP_ADDR", default_value = "0.0.0.0:3000")]
     pub http_addr: String,
@@ -150,13 +171,19 @@ pub struct StubArgs {
     /// Commands handled at once.
     #[arg(long, env = "SAGA_STUB_PREFETCH", default_value_t = 200)]
     pub prefetch: u16,
-    /// RabbitMQ URL.
+    /// RabbitMQ URL; `amqps://` connects with TLS
+    /// [default: amqp://guest:***@127.0.0.1:5672/%2f].
     #[arg(
         long,
         env = "SAGA_AMQP_URL",
+        hide_env_values = true,
+        hide_default_value = true,
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
     pub amqp_url: String,
+    /// PEM file of CA certificates trusted for `amqps://`, besides the system's.
+    #[arg(long, env = "SAGA_AMQP_CA_FILE")]
+    pub amqp_ca_file: Option<PathBuf>,
 }
 
 /// A bad configuration value: start-up stops with this one line, exit code 2.
@@ -167,10 +194,12 @@ pub struct ConfigError(pub String);
 /// Validated settings of the orchestrator.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// PostgreSQL connection settings.
-    pub database: tokio_postgres::Config,
+    /// PostgreSQL connection settings, TLS included.
+    pub database: DatabaseSettings,
     /// RabbitMQ URL (validated).
     pub amqp_url: String,
+    /// TLS roots for `amqps://`.
+    pub amqp_tls: AmqpTls,
     /// HTTP listen address (port 0 picks a free one).
     pub http_addr: SocketAddr,
     /// The definitions in force.
@@ -215,17 +244,23 @@ pub struct ClusterSettings {
 /// Most partitions: each is a reply queue and a lease row.
 pub const MAX_PARTITIONS: u32 = 1024;
 
-/// Parses a PostgreSQL URL, naming it on failure.
-pub fn parse_database_url(url: &str) -> Result<tokio_postgres::Config, ConfigError> {
-    tokio_postgres::Config::from_str(url)
-        .map_err(|e| ConfigError(format!("invalid SAGA_DATABASE_URL `{url}`: {e}")))
-}
-
-/// Checks a RabbitMQ URL, naming it on failure.
+/// Checks a RabbitMQ URL, naming it (its password as `***`) on failure.
 pub fn check_amqp_url(url: &str) -> Result<String, ConfigError> {
     lapin::uri::AMQPUri::from_str(url)
         .map(|_| url.to_string())
-        .map_err(|e| ConfigError(format!("invalid SAGA_AMQP_URL `{url}`: {e}")))
+        .map_err(|e| {
+            ConfigError(format!(
+                "invalid SAGA_AMQP_URL `{}`: {}",
+                redact_url(url),
+                redact_url(&e.to_string())
+            ))
+        })
+}
+
+/// Reads `SAGA_AMQP_CA_FILE`, naming it on failure.
+pub fn amqp_tls(ca_file: Option<&std::path::Path>) -> Result<AmqpTls, ConfigError> {
+    AmqpTls::from_ca_file(ca_file)
+        .map_err(|e| ConfigError(format!("invalid SAGA_AMQP_CA_FILE: {e}")))
 }
 
 fn check_queue_name(what: &str, name: &str) -> Result<(), ConfigError> {
@@ -242,6 +277,7 @@ impl ServeArgs {
     pub fn settings(&self) -> Result<Settings, ConfigError> {
         let database = parse_database_url(&self.database_url)?;
         let amqp_url = check_amqp_url(&self.amqp_url)?;
+        let amqp_tls = amqp_tls(self.amqp_ca_file.as_deref())?;
         let http_addr = SocketAddr::from_str(&self.http_addr).map_err(|e| {
             ConfigError(format!("invalid SAGA_HTTP_ADDR `{}`: {e}", self.http_addr))
         })?;
@@ -260,6 +296,7 @@ impl ServeArgs {
             cluster,
             database,
             amqp_url,
+            amqp_tls,
             http_addr,
             definitions,
             reply_queue: self.reply_queue.clone(),
@@ -329,9 +366,10 @@ impl ServeArgs {
 }
 
 impl StubArgs {
-    /// Validates the stub's values.
-    pub fn check(&self) -> Result<(), ConfigError> {
+    /// Validates the stub's values; returns its TLS roots for `amqps://`.
+    pub fn check(&self) -> Result<AmqpTls, ConfigError> {
         check_amqp_url(&self.amqp_url)?;
+        let tls = amqp_tls(self.amqp_ca_file.as_deref())?;
         check_queue_name("SAGA_STUB_QUEUE", &self.queue)?;
         if !(0.0..=1.0).contains(&self.error_rate) {
             return Err(ConfigError(format!(
@@ -339,7 +377,7 @@ impl StubArgs {
                 self.error_rate
             )));
         }
-        Ok(())
+        Ok(tls)
     }
 }
 

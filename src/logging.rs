@@ -25,6 +25,22 @@ pub fn init() {
     builder.init();
 }
 
+/// An error and its causes, `: `-separated; a cause whose text the line already holds (an
+/// error that prints its source itself) is not repeated.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = c.source();
+    }
+    line
+}
+
 /// One log line as JSON; a message that starts `saga=<id> step=<name>` gets those as fields.
 pub fn json_line(ts: &str, level: &str, target: &str, message: &str) -> Value {
     let mut obj = Map::new();

@@ -70,26 +70,27 @@ async fn serve(args: saga_service::config::ServeArgs) -> i32 {
 }
 
 async fn migrate(args: saga_service::config::MigrateArgs) -> i32 {
-    let config =
+    let database =
         saga_service::config::parse_database_url(&args.database_url).unwrap_or_else(|e| fail(e));
-    let pool = saga_service::store::build_pool(config, 1);
+    let pool = saga_service::store::build_pool(&database, 1);
     match saga_service::store::migrate(&pool).await {
         Ok(n) => {
             log::info!("{n} migrations applied");
             0
         }
         Err(e) => {
-            eprintln!("saga-service: migrations failed: {e}");
+            eprintln!(
+                "saga-service: migrations failed: {}",
+                saga_service::logging::error_chain(&e)
+            );
             1
         }
     }
 }
 
 async fn stub(args: saga_service::config::StubArgs) -> i32 {
-    if let Err(e) = args.check() {
-        fail(e);
-    }
-    match saga_service::stub::run(args).await {
+    let tls = args.check().unwrap_or_else(|e| fail(e));
+    match saga_service::stub::run(args, tls).await {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("saga-stub: {e:#}");

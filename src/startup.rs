@@ -34,7 +34,7 @@ impl Application {
         let listener = TcpListener::bind(settings.http_addr)?;
         let settings_grace = settings.shutdown_timeout;
         let port = listener.local_addr()?.port();
-        let pool = store::build_pool(settings.database.clone(), settings.db_pool_size);
+        let pool = store::build_pool(&settings.database, settings.db_pool_size);
         let mut app_state = AppState::new(pool, Metrics::new()?);
         app_state.admin_token = settings.admin_token.clone();
         let state = web::Data::new(app_state);
@@ -99,8 +99,9 @@ impl Application {
     }
 }
 
-/// Retries `op` with back-off (100 ms doubling to 5 s) until it succeeds, logging each failure once.
-async fn retry<T, E: std::fmt::Display, F, Fut>(what: &str, mut op: F) -> T
+/// Retries `op` with back-off (100 ms doubling to 5 s) until it succeeds, logging each failure
+/// once with its causes (a refused TLS certificate is only named in a cause).
+async fn retry<T, E: std::error::Error + 'static, F, Fut>(what: &str, mut op: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
@@ -110,7 +111,10 @@ where
         match op().await {
             Ok(v) => return v,
             Err(e) => {
-                log::warn!("{what} failed: {e}; retrying in {delay:?}");
+                log::warn!(
+                    "{what} failed: {}; retrying in {delay:?}",
+                    crate::logging::error_chain(&e)
+                );
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
@@ -137,6 +141,7 @@ async fn boot(settings: Settings, state: web::Data<AppState>) {
         .collect();
     let broker = Broker::new(
         settings.amqp_url.clone(),
+        settings.amqp_tls.clone(),
         Topology {
             reply_queue: settings.reply_queue.clone(),
             command_queues,
@@ -184,7 +189,7 @@ async fn boot(settings: Settings, state: web::Data<AppState>) {
     let (leased, first_round) = oneshot::channel();
     actix::spawn(
         LeaseLoop::new(
-            store::build_lease_pool(settings.database.clone(), settings.cluster.lease),
+            store::build_lease_pool(&settings.database, settings.cluster.lease),
             env.clone(),
             registry.clone(),
             settings.cluster.clone(),

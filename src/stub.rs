@@ -21,6 +21,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::broker::AmqpTls;
 use crate::config::StubArgs;
 
 #[derive(Debug, Deserialize)]
@@ -47,13 +48,14 @@ struct Memory {
 
 struct Stub {
     args: StubArgs,
+    tls: AmqpTls,
     service: String,
     memory: Mutex<Memory>,
     effects: Option<Mutex<std::fs::File>>,
 }
 
 impl Stub {
-    fn load(args: StubArgs) -> anyhow::Result<Self> {
+    fn load(args: StubArgs, tls: AmqpTls) -> anyhow::Result<Self> {
         let service = args.service.clone().unwrap_or_else(|| args.queue.clone());
         let mut memory = Memory::default();
         let effects = match &args.effects {
@@ -62,6 +64,7 @@ impl Stub {
         };
         Ok(Stub {
             args,
+            tls,
             service,
             memory: Mutex::new(memory),
             effects,
@@ -160,8 +163,8 @@ fn open_effects(path: &PathBuf, memory: &mut Memory) -> anyhow::Result<std::fs::
 }
 
 /// Runs the stub until the process is stopped; reconnects whenever the broker drops.
-pub async fn run(args: StubArgs) -> anyhow::Result<()> {
-    let stub = Arc::new(Stub::load(args)?);
+pub async fn run(args: StubArgs, tls: AmqpTls) -> anyhow::Result<()> {
+    let stub = Arc::new(Stub::load(args, tls)?);
     let mut delay = Duration::from_millis(200);
     loop {
         match serve(stub.clone()).await {
@@ -174,7 +177,12 @@ pub async fn run(args: StubArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(stub: Arc<Stub>) -> anyhow::Result<()> {
-    let conn = Connection::connect(&stub.args.amqp_url, ConnectionProperties::default()).await?;
+    let conn = crate::broker::connect_amqp(
+        &stub.args.amqp_url,
+        ConnectionProperties::default(),
+        &stub.tls,
+    )
+    .await?;
     let consume = conn.create_channel().await?;
     let queue = ShortString::from(stub.args.queue.as_str());
     if consume

@@ -165,12 +165,9 @@ impl Run {
     /// Waits until every saga is completed or compensated.
     async fn wait_finished(&self, n: usize, within: Duration) -> bool {
         wait_until(within, || async {
-            let Ok((client, conn)) =
-                tokio_postgres::connect(&self.names.db_url(), tokio_postgres::NoTls).await
-            else {
+            let Ok(client) = helpers::pg_connect(&self.names.db_url()).await else {
                 return false;
             };
-            tokio::spawn(conn);
             client
                 .query_one(
                     "SELECT count(*) FROM sagas WHERE status IN ('completed', 'compensated')",

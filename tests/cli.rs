@@ -103,7 +103,10 @@ fn migrate_is_idempotent_on_a_fresh_database() {
             .build()
             .unwrap();
         rt.block_on(async {
-            let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+            let db = saga_service::config::parse_database_url(&admin).unwrap();
+            let (client, conn) = db
+                .config
+                .connect(db.connector.make_tls_connect())
                 .await
                 .unwrap();
             tokio::spawn(conn);
@@ -111,8 +114,9 @@ fn migrate_is_idempotent_on_a_fresh_database() {
         });
     };
     psql(&format!("CREATE DATABASE \"{db}\""));
-    let url = match admin.rfind('/') {
-        Some(i) => format!("{}/{db}", &admin[..i]),
+    let (base, query) = admin.split_once('?').unwrap_or((&admin, ""));
+    let url = match base.rfind('/') {
+        Some(i) => format!("{}/{db}?{query}", &base[..i]),
         None => admin.clone(),
     };
     let first = run(&["migrate"], &[("SAGA_DATABASE_URL", &url)]);
@@ -127,4 +131,125 @@ fn migrate_is_idempotent_on_a_fresh_database() {
         first.1
     );
     assert!(second.1.contains("0 migrations applied"), "{}", second.1);
+}
+
+const SECRET: &str = "s3cret";
+
+fn help_of(bin: &str, args: &[&str]) -> String {
+    let out = Command::new(bin)
+        .args(args)
+        .env("SAGA_DATABASE_URL", format!("postgres://u:{SECRET}@h/db"))
+        .env("SAGA_AMQP_URL", format!("amqp://u:{SECRET}@h/%2f"))
+        .output()
+        .expect("run --help");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn help_never_shows_a_password_from_the_environment_or_the_defaults() {
+    let service = env!("CARGO_BIN_EXE_saga-service");
+    for (bin, args) in [
+        (service, &["--help"][..]),
+        (service, &["serve", "--help"]),
+        (service, &["migrate", "--help"]),
+        (service, &["stub", "--help"]),
+        (env!("CARGO_BIN_EXE_saga-stub"), &["--help"]),
+        (env!("CARGO_BIN_EXE_saga-bench"), &["--help"]),
+    ] {
+        let text = help_of(bin, args);
+        assert!(text.contains("_URL"), "{bin} {args:?}: {text}");
+        for secret in [SECRET, "postgres:postgres@", "guest:guest@"] {
+            assert!(
+                !text.contains(secret),
+                "{bin} {args:?} shows {secret}: {text}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_malformed_url_is_named_with_its_password_hidden_and_exit_code_2() {
+    let cases: &[(&[&str], &str, String)] = &[
+        (
+            &["serve"],
+            "SAGA_DATABASE_URL",
+            format!("postgres://u:{SECRET}@h:notaport/db"),
+        ),
+        (
+            &["migrate"],
+            "SAGA_DATABASE_URL",
+            format!("postgres://u:{SECRET}@h:notaport/db"),
+        ),
+        (
+            &["serve"],
+            "SAGA_AMQP_URL",
+            format!("amqp://u:{SECRET}@h:notaport/%2f"),
+        ),
+        (
+            &["stub", "--queue", "q"],
+            "SAGA_AMQP_URL",
+            format!("amqp://u:{SECRET}@h:notaport/%2f"),
+        ),
+    ];
+    for (args, var, url) in cases {
+        let (code, stderr) = run(args, &[(var, url)]);
+        assert_eq!(code, Some(2), "{var}: {stderr}");
+        assert!(stderr.contains(var), "{var}: {stderr}");
+        assert!(stderr.contains("u:***@h"), "{var}: {stderr}");
+        assert!(
+            !stderr.contains(SECRET),
+            "{var} leaks the password: {stderr}"
+        );
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    }
+}
+
+#[test]
+fn a_bad_tls_setting_stops_start_up_with_exit_code_2() {
+    let url = |query: &str| format!("postgres://u:{SECRET}@127.0.0.1/db?{query}");
+    let missing = "/nonexistent/ca.pem";
+    let cases: Vec<(&[&str], (&str, String), &str)> = vec![
+        (
+            &["serve"],
+            ("SAGA_DATABASE_URL", url("sslmode=verify-everything")),
+            "sslmode",
+        ),
+        (
+            &["serve"],
+            (
+                "SAGA_DATABASE_URL",
+                url(&format!("sslmode=verify-full&sslrootcert={missing}")),
+            ),
+            missing,
+        ),
+        (
+            &["migrate"],
+            (
+                "SAGA_DATABASE_URL",
+                url(&format!("sslmode=verify-ca&sslrootcert={missing}")),
+            ),
+            missing,
+        ),
+        (
+            &["serve"],
+            ("SAGA_AMQP_CA_FILE", missing.to_string()),
+            "SAGA_AMQP_CA_FILE",
+        ),
+        (
+            &["stub", "--queue", "q"],
+            ("SAGA_AMQP_CA_FILE", missing.to_string()),
+            "SAGA_AMQP_CA_FILE",
+        ),
+    ];
+    for (args, (var, value), named) in cases {
+        let (code, stderr) = run(args, &[(var, &value)]);
+        assert_eq!(code, Some(2), "{var}={value}: {stderr}");
+        assert!(stderr.contains(named), "{var}={value}: {stderr}");
+        assert!(!stderr.contains(SECRET), "leaks the password: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    }
 }

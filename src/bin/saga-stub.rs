@@ -27,11 +27,14 @@ async fn main() {
         }
         Err(e) => e.exit(),
     };
-    if let Err(e) = cli.args.check() {
-        eprintln!("saga-stub: {e}");
-        std::process::exit(2);
-    }
-    if let Err(e) = saga_service::stub::run(cli.args).await {
+    let tls = match cli.args.check() {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("saga-stub: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = saga_service::stub::run(cli.args, tls).await {
         eprintln!("saga-stub: {e:#}");
         std::process::exit(1);
     }

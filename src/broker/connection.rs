@@ -54,16 +54,18 @@ pub(super) struct Links {
 pub struct Broker {
     pub(super) links: Arc<RwLock<Option<Arc<Links>>>>,
     url: String,
+    tls: super::AmqpTls,
     pub(super) topology: Arc<Topology>,
     generation: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Broker {
     /// A handle that is not connected yet; see [`Broker::connect`].
-    pub fn new(url: String, topology: Topology) -> Self {
+    pub fn new(url: String, tls: super::AmqpTls, topology: Topology) -> Self {
         Broker {
             links: Arc::new(RwLock::new(None)),
             url,
+            tls,
             topology: Arc::new(topology),
             generation: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         }
@@ -97,7 +99,7 @@ impl Broker {
     pub async fn connect(&self, prefetch: u16) -> Result<super::ReplyStream, BrokerError> {
         let props =
             ConnectionProperties::default().with_connection_name(LongString::from("saga-service"));
-        let connection = Connection::connect(&self.url, props).await?;
+        let connection = super::tls::connect(&self.url, props, &self.tls).await?;
         declare_topology(&connection, &self.topology).await?;
         let publish = connection.create_channel().await?;
         publish

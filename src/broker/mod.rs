@@ -3,10 +3,12 @@
 mod connection;
 mod consumer;
 mod publisher;
+mod tls;
 pub mod wire;
 
 pub use connection::{Broker, PartitionConsumer, Topology};
 pub use consumer::{ReplyDelivery, ReplyStream};
+pub use tls::{connect as connect_amqp, AmqpTls};
 
 /// AMQP `type` of the hand-overs one instance sends another on a partition queue.
 pub const CONTROL_TYPE: &str = "saga.control";

@@ -6,6 +6,7 @@ mod migrations;
 pub mod outbox;
 pub mod queries;
 mod snapshots;
+pub mod tls;
 
 use std::time::Duration;
 
@@ -89,22 +90,23 @@ impl StoreError {
 
 /// The lease loop's own small pool: its statements time out well within the lease, so a
 /// database that hangs cannot hold a renewal past the lease's local expiry unnoticed.
-pub fn build_lease_pool(mut config: tokio_postgres::Config, lease: Duration) -> Pool {
+pub fn build_lease_pool(database: &crate::config::DatabaseSettings, lease: Duration) -> Pool {
+    let mut database = database.clone();
     let limit = (lease / 4).as_millis().max(100);
     let options = format!(
         "{} -c statement_timeout={limit} -c lock_timeout={limit}",
-        config.get_options().unwrap_or("")
+        database.config.get_options().unwrap_or("")
     );
-    config.options(options.trim());
-    config.connect_timeout(lease / 4);
-    build_pool(config, 2)
+    database.config.options(options.trim());
+    database.config.connect_timeout(lease / 4);
+    build_pool(&database, 2)
 }
 
-/// Builds the connection pool; connects lazily.
-pub fn build_pool(config: tokio_postgres::Config, size: usize) -> Pool {
+/// Builds the connection pool, every connection with the settings' TLS; connects lazily.
+pub fn build_pool(database: &crate::config::DatabaseSettings, size: usize) -> Pool {
     let manager = Manager::from_config(
-        config,
-        tokio_postgres::NoTls,
+        database.config.clone(),
+        database.connector.make_tls_connect(),
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },

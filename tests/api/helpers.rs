@@ -83,11 +83,7 @@ impl Names {
 
     /// Database URL.
     pub fn db_url(&self) -> String {
-        let admin = admin_url();
-        match admin.rfind('/') {
-            Some(i) => format!("{}/{}", &admin[..i], self.db),
-            None => admin,
-        }
+        with_database(&admin_url(), &self.db)
     }
 }
 
@@ -123,12 +119,37 @@ pub fn write_definitions(names: &Names, defs: &[SagaDefinition]) {
     std::fs::write(&names.defs_path, text).expect("write definitions");
 }
 
+/// A connection to `url`, TLS as the service does it (`sslmode`, `sslrootcert`).
+pub async fn pg_connect(url: &str) -> Result<tokio_postgres::Client, String> {
+    let db = saga_service::config::parse_database_url(url).map_err(|e| e.to_string())?;
+    let (client, conn) = db
+        .config
+        .connect(db.connector.make_tls_connect())
+        .await
+        .map_err(|e| saga_service::logging::error_chain(&e))?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+/// `url` with its database name replaced by `db` (a query string kept as it is).
+pub fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, format!("?{query}")),
+        None => (url, String::new()),
+    };
+    match base.rfind('/') {
+        Some(i) if i > base.find("://").map_or(0, |j| j + 2) => {
+            format!("{}/{db}{query}", &base[..i])
+        }
+        _ => format!("{base}/{db}{query}"),
+    }
+}
+
 /// Creates the test database.
 pub async fn create_database(names: &Names) {
-    let (client, conn) = tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls)
+    let client = pg_connect(&admin_url())
         .await
         .expect("connect to PostgreSQL: is it running? (make services)");
-    tokio::spawn(conn);
     client
         .batch_execute(&format!("CREATE DATABASE \"{}\"", names.db))
         .await
@@ -140,6 +161,7 @@ pub fn settings(names: &Names) -> Settings {
     let args = saga_service::config::ServeArgs {
         database_url: names.db_url(),
         amqp_url: amqp_url(),
+        amqp_ca_file: None,
         http_addr: "127.0.0.1:0".into(),
         definitions: Some(names.defs_path.clone()),
         reply_queue: names.reply_queue.clone(),
@@ -423,8 +445,7 @@ impl Drop for TestApp {
 
 /// Drops the test's database and queues.
 pub async fn drop_resources(names: &Names) {
-    if let Ok((client, conn)) = tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls).await {
-        tokio::spawn(conn);
+    if let Ok(client) = pg_connect(&admin_url()).await {
         let _ = client
             .batch_execute(&format!(
                 "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
@@ -828,11 +849,7 @@ pub async fn drain_queue(queue: &str) -> Vec<(Vec<u8>, String)> {
 
 /// A connection to the test's database, for assertions.
 pub async fn db(names: &Names) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(&names.db_url(), tokio_postgres::NoTls)
-        .await
-        .expect("connect test db");
-    tokio::spawn(conn);
-    client
+    pg_connect(&names.db_url()).await.expect("connect test db")
 }
 
 /// The real `saga-service serve` binary as a child process, for kill -9 and restarts.

@@ -1,9 +1,11 @@
 //! One integration-test binary against the real PostgreSQL and RabbitMQ.
 
+mod certs;
 mod helpers;
 
 mod hostile;
 
+mod amqps;
 mod cluster;
 mod compensation;
 mod completion;
@@ -17,6 +19,7 @@ mod passivation;
 mod quarantine;
 mod replies;
 mod restart;
+mod tls;
 mod trace;
 mod trust;
 mod ui;

@@ -246,10 +246,7 @@ async fn readiness_is_500_db_not_ready_once_the_database_is_gone() {
     let app = spawn_app(None).await;
     let r = app.http.get(app.url("/readiness")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let (client, conn) = tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = pg_connect(&admin_url()).await.unwrap();
     client
         .batch_execute(&format!("DROP DATABASE \"{}\" WITH (FORCE)", app.names.db))
         .await
