@@ -93,12 +93,18 @@ impl Audit {
         out
     }
 
-    /// Panics with the report unless no invariant was violated.
+    /// Panics with the counts unless no invariant was violated (print [`Audit::report`]
+    /// first for the examples).
     pub fn assert_clean(&self, what: &str) {
+        let counts: Vec<String> = self
+            .violations
+            .iter()
+            .map(|(kind, list)| format!("{kind}: {}", list.len()))
+            .collect();
         assert!(
             self.violations.is_empty(),
-            "{what}: invariants violated\n{}",
-            self.report()
+            "{what}: invariants violated ({})",
+            counts.join(", ")
         );
     }
 }

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use saga_service::cluster::partition_of;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -144,9 +145,22 @@ impl Plan {
     /// Starts `n` new sagas (one in 10 failing at a random step), 30 at a time, spread over
     /// `bases`: each goes to the next base that answers 200 (a start is idempotent).
     pub async fn start(&mut self, run: &Run, bases: &[String], n: usize) {
+        let ids: Vec<Uuid> = (0..n).map(|_| Uuid::new_v4()).collect();
+        self.start_ids(run, bases, ids).await;
+    }
+
+    /// Like [`Plan::start`], with ids of one partition (of 64).
+    pub async fn start_in_partition(&mut self, run: &Run, bases: &[String], n: usize, p: u32) {
+        let ids: Vec<Uuid> = std::iter::repeat_with(Uuid::new_v4)
+            .filter(|id| partition_of(id, 64) == p)
+            .take(n)
+            .collect();
+        self.start_ids(run, bases, ids).await;
+    }
+
+    async fn start_ids(&mut self, run: &Run, bases: &[String], ids: Vec<Uuid>) {
         let mut batch = Vec::new();
-        for i in 0..n {
-            let id = Uuid::new_v4();
+        for (i, id) in ids.into_iter().enumerate() {
             let fail = (self.rng.below(10) == 0).then(|| 1 + self.rng.below(3) as usize);
             if let Some(k) = fail {
                 self.fails.insert(id, k);
