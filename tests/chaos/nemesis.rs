@@ -142,7 +142,9 @@ async fn nemesis(secs: u64, seed: u64) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let _guard = ServicesGuard;
     println!("nemesis: NEMESIS_SECS={secs} NEMESIS_SEED={seed}");
-    let run = Run::with_steps(20, 2_000, 5).await;
+    // A step's sends (6, 3 s apart) outlast the longest fault (9 s) and a take-over: a
+    // reply delayed by a fault is late, not lost. Replies lost for good still show.
+    let run = Run::with_steps(20, 3_000, 6).await;
     let mut cluster = Cluster {
         run: &run,
         proxy: Proxy::start(),
@@ -169,8 +171,11 @@ async fn nemesis(secs: u64, seed: u64) {
         }
     };
     let faults = async {
-        while began.elapsed() < Duration::from_secs(secs) {
+        loop {
             pause(&mut rng, 3_000, 12_000).await;
+            if began.elapsed() >= Duration::from_secs(secs) {
+                break;
+            }
             let kind = rng.below(FAULTS.len() as u64) as usize;
             let what = inject(&mut cluster, &mut rng, kind).await;
             *injected.entry(kind).or_default() += 1;
