@@ -29,13 +29,10 @@ async fn snapshot_versions(names: &Names) -> BTreeMap<Uuid, (String, i64)> {
         .unwrap_or_default()
 }
 
-async fn frozen_past_the_lease(sagas: usize, frozen_for: Duration) {
+/// `budget`: each step's `(timeout_ms, max_attempts)`.
+async fn frozen_past_the_lease(sagas: usize, frozen_for: Duration, budget: (u64, u32)) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    // A step's sends (5, 3 s apart) outlast the freeze: replies the frozen instance took
-    // from the shared reply queue before or during the freeze are late, not lost, if it
-    // hands them on when it resumes. (With a budget shorter than the freeze, those replies
-    // time out on the new owner and completed steps get compensated.)
-    let run = Run::with_steps(50, 3_000, 5).await;
+    let run = Run::with_steps(50, budget.0, budget.1).await;
     let seed = seed();
     println!("frozen instance ({frozen_for:?}) seed {seed}");
     let a = instance(&run, "a", None).await;
@@ -132,11 +129,25 @@ async fn frozen_past_the_lease(sagas: usize, frozen_for: Duration) {
 
 #[actix_web::test]
 async fn an_instance_frozen_past_its_lease_acts_on_nothing_it_held_once_resumed() {
-    frozen_past_the_lease(300, 3 * lease()).await;
+    // A step's sends (5, 3 s apart) outlast the freeze: replies the frozen instance took
+    // from the shared reply queue before or during the freeze are late, not lost, if it
+    // hands them on when it resumes.
+    frozen_past_the_lease(300, 3 * lease(), (3_000, 5)).await;
+}
+
+/// A step's sends (4, 2 s apart) end before the freeze does. The frozen instance's consumer
+/// of the shared reply queue still holds its prefetch of replies (of every partition, not
+/// only its own) and the broker keeps giving it a share of new ones until its connection is
+/// declared dead: unless they come back to a live consumer in time (AMQP heartbeat, consumer
+/// time-out, per-instance reply queues...), sagas time out and compensate completed steps.
+#[actix_web::test]
+#[ignore = "asks more than the lease fixes: make chaos"]
+async fn replies_taken_by_a_frozen_instance_reach_a_live_one_before_a_step_times_out() {
+    frozen_past_the_lease(300, 3 * lease(), (2_000, 4)).await;
 }
 
 #[actix_web::test]
 #[ignore = "full size: make chaos"]
 async fn an_instance_frozen_past_its_lease_full_1000_sagas() {
-    frozen_past_the_lease(1000, 4 * lease()).await;
+    frozen_past_the_lease(1000, 4 * lease(), (3_000, 6)).await;
 }
