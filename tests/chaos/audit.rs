@@ -320,7 +320,7 @@ fn check_steps(
                     e.version > done_at
                         && (e.event == "step_compensated" || e.event == "compensated")
                 });
-            if compensated && !refused_at.is_some_and(|r| r > k) {
+            if compensated && refused_at.is_none_or(|r| r <= k) {
                 audit.add(
                     "completed then compensated",
                     format!(
