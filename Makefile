@@ -26,7 +26,12 @@ LOCAL_DATABASE_URL := postgres://postgres@127.0.0.1:5432/postgres
 # Extra arguments: make test TEST_ARGS='saga::'; make bench BENCH_ONLY=classic BENCH_RUNS=1.
 TEST_ARGS ?=
 
-.PHONY: help services toolchain build migrate run test lint bench list-bench chaos image up down
+# The chaos suite's nemesis (tests/chaos/nemesis.rs): its length in seconds, and the seed of
+# its fault schedule to replay one (printed at its start; empty: a new one).
+export NEMESIS_SECS ?= 300
+export NEMESIS_SEED ?=
+
+.PHONY: help services toolchain build migrate run test lint bench list-bench chaos nemesis image up down
 
 help:
 	@echo 'saga-service make targets:'
@@ -41,7 +46,9 @@ help:
 	@echo '  bench      services + build, then scripts/bench.sh (every workload; BENCH_RUNS, BENCH_SAGAS, BENCH_ONLY)'
 	@echo '  list-bench services + build, then scripts/list-bench.sh: GET /sagas latency and plans at'
 	@echo '             1,000,000 sagas in a scratch database (LIST_BENCH_ROWS, LIST_BENCH_REPS, LIST_BENCH_KEEP)'
-	@echo '  chaos      services, then the ignored chaos tests (cargo test --release --test chaos)'
+	@echo '  chaos      services, then every ignored chaos test (cargo test --release --test chaos), the'
+	@echo '             nemesis included (NEMESIS_SECS, default 300; NEMESIS_SEED to replay a schedule)'
+	@echo '  nemesis    services, then the nemesis alone (NEMESIS_SECS, NEMESIS_SEED)'
 	@echo '  image      docker build -f docker/Dockerfile -t $(IMAGE) .'
 	@echo '  up / down  docker compose -f docker/compose.yaml up --build / down'
 	@echo '  toolchain  check that cargo (Rust >= $(RUST_MIN_VERSION)) is installed'
@@ -89,6 +96,9 @@ list-bench: services build
 
 chaos: services toolchain
 	$(CARGO) test --release --test chaos -- --ignored --test-threads=1 --nocapture
+
+nemesis: services toolchain
+	$(CARGO) test --release --test chaos -- --ignored --test-threads=1 --nocapture nemesis
 
 image:
 	docker build -f docker/Dockerfile -t $(IMAGE) .

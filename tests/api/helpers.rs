@@ -856,6 +856,8 @@ pub async fn db(names: &Names) -> tokio_postgres::Client {
 pub struct ChildApp {
     /// `http://127.0.0.1:<port>`.
     pub address: String,
+    /// Where its stderr goes.
+    pub log_path: PathBuf,
     child: std::process::Child,
 }
 
@@ -879,11 +881,21 @@ impl ChildApp {
         http: &reqwest::Client,
         env: &[(&str, &str)],
     ) -> ChildApp {
+        let app = Self::spawn_with(names, env);
+        let ready = wait_until(Duration::from_secs(30), || async {
+            matches!(http.get(format!("{}/readiness", app.address)).send().await, Ok(r) if r.status() == 200)
+        })
+        .await;
+        assert!(ready, "saga-service child did not become ready");
+        app
+    }
+
+    /// Starts the binary without waiting for it to be ready (an instance expected to stay
+    /// unready, such as a twin instance id).
+    pub fn spawn_with(names: &Names, env: &[(&str, &str)]) -> ChildApp {
         let port = free_port();
-        let log = std::fs::File::create(
-            std::env::temp_dir().join(format!("{}-{port}.log", names.prefix)),
-        )
-        .expect("log file");
+        let log_path = std::env::temp_dir().join(format!("{}-{port}.log", names.prefix));
+        let log = std::fs::File::create(&log_path).expect("log file");
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_saga-service"))
             .arg("serve")
             .env("SAGA_DATABASE_URL", names.db_url())
@@ -898,16 +910,26 @@ impl ChildApp {
             .stderr(log)
             .spawn()
             .expect("spawn saga-service");
-        let app = ChildApp {
+        ChildApp {
             address: format!("http://127.0.0.1:{port}"),
+            log_path,
             child,
-        };
-        let ready = wait_until(Duration::from_secs(30), || async {
-            matches!(http.get(format!("{}/readiness", app.address)).send().await, Ok(r) if r.status() == 200)
-        })
-        .await;
-        assert!(ready, "saga-service child did not become ready");
-        app
+        }
+    }
+
+    /// The process id of the child itself (for signals aimed at it alone).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// What the child logged so far (stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
     /// `kill -9`.
