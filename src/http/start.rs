@@ -168,7 +168,8 @@ pub async fn start(
     if !core.env.broker.is_ready() {
         return Err(ApiError::Unavailable("broker not ready".into()));
     }
-    let mut transition = saga::start(&def, request.saga_id.0, request.payload);
+    let nonce = uuid::Uuid::new_v4().simple().to_string();
+    let mut transition = saga::start(&def, request.saga_id.0, request.payload, &nonce[..16]);
     transition.state.started_at_ms = Some(chrono::Utc::now().timestamp_millis());
     // The caller's trace (W3C trace context), or a new one: every command carries it.
     let traceparent = req

@@ -186,6 +186,7 @@ mod tests {
                 phase: Phase::AwaitingReply,
             }),
             to_compensate: vec![],
+            nonce: String::new(),
             timer: 0,
             started_at_ms: None,
             traceparent: None,
@@ -216,7 +217,7 @@ mod tests {
     fn a_snapshot_with_another_number_of_steps_gives_no_steps() {
         let mut d = def();
         d.steps.pop();
-        let state = crate::saga::start(&def(), uuid::Uuid::nil(), json!({})).state;
+        let state = crate::saga::start(&def(), uuid::Uuid::nil(), json!({}), "").state;
         assert!(steps(&state, &d, &[]).is_none());
     }
 }

@@ -161,6 +161,11 @@ pub struct SagaState {
     pub pending: Option<Pending>,
     /// Steps still to compensate after the pending one, in order (last step first).
     pub to_compensate: Vec<usize>,
+    /// A random secret of this saga, part of every `command_id` it sends: a participant can
+    /// only name (answer) commands it was sent, never guess another step's. Empty for sagas
+    /// started before it existed (their ids stay as they were).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub nonce: String,
     /// Generation of the armed timer: the version of the transition that armed it. A timer
     /// of another generation is stale (a re-send or an operator action armed a newer one).
     #[serde(default)]
@@ -175,13 +180,31 @@ pub struct SagaState {
 }
 
 impl SagaState {
+    /// The `command_id` of one step action of this saga: the same on every re-send. Its
+    /// last part is a digest of the saga's secret with the step and action, so a participant
+    /// that was sent one id can neither learn the secret nor derive another step's id.
+    pub fn command_id(&self, step_name: &str, action: StepAction) -> String {
+        use sha2::{Digest, Sha256};
+        let id = command_id(&self.saga_id, step_name, action);
+        if self.nonce.is_empty() {
+            return id;
+        }
+        let digest = Sha256::new()
+            .chain_update(self.nonce.as_bytes())
+            .chain_update(b"/")
+            .chain_update(id.as_bytes())
+            .finalize();
+        format!("{id}/{}", hex::encode(&digest[..12]))
+    }
+
     /// Name of the step the saga is at, if it is at one.
     pub fn current_step(&self) -> Option<usize> {
         self.pending.as_ref().map(|p| p.step)
     }
 }
 
-/// The deterministic id of one step action of one saga: the same on every re-send.
+/// The readable part of a step action's id (see [`SagaState::command_id`], which adds the
+/// saga's secret).
 pub fn command_id(saga_id: &Uuid, step_name: &str, action: StepAction) -> String {
     format!("{saga_id}/{step_name}/{}", action.as_str())
 }

@@ -186,7 +186,7 @@ fn is_stale(e: &TransitionError) -> bool {
 }
 
 fn started(d: &SagaDefinition) -> SagaState {
-    start(d, saga_id(), json!({"order": 42})).state
+    start(d, saga_id(), json!({"order": 42}), "").state
 }
 
 /// A running saga whose steps before `k` answered `done` (output `{"n": i}`); step `k` is pending.
@@ -233,7 +233,7 @@ fn compensated(d: &SagaDefinition) -> SagaState {
 #[test]
 fn start_stores_version_one_and_sends_step_one_with_its_timeout() {
     let d = abc();
-    let t = start(&d, saga_id(), json!({"order": 42}));
+    let t = start(&d, saga_id(), json!({"order": 42}), "");
     let s = &t.state;
     assert_eq!(s.saga_id, saga_id());
     assert_eq!(s.saga, "trip");
@@ -1036,7 +1036,7 @@ fn command_ids_are_stable_across_resends_and_differ_between_execute_and_compensa
             })
             .collect()
     };
-    let t0 = start(&d, saga_id(), json!({}));
+    let t0 = start(&d, saga_id(), json!({}), "");
     let t1 = ok(&t0.state, &d, &fire(&t0.state, &exec_id(&d, 0)));
     let t2 = ok(&t1.state, &d, &fire(&t1.state, &exec_id(&d, 0)));
     let t3 = ok(&t2.state, &d, &fire(&t2.state, &exec_id(&d, 0)));
@@ -1353,7 +1353,7 @@ fn random_event_sequences_keep_the_invariants() {
     let mut seen = std::collections::HashSet::new();
     for _ in 0..3_000 {
         let d = random_def(&mut rng);
-        let first = start(&d, saga_id(), json!({}));
+        let first = start(&d, saga_id(), json!({}), "");
         let mut s = first.state;
         assert_eq!(s.version, 1);
         check_shape(&s, &d);
@@ -1497,4 +1497,33 @@ fn resume_is_refused_for_a_failed_saga() {
         refused(&f, &d, &Event::Resume),
         TransitionError::NotAllowed(_)
     ));
+}
+
+#[test]
+fn command_ids_carry_a_digest_of_the_saga_secret_that_differs_per_step_action() {
+    let d = abc();
+    let t = start(&d, saga_id(), json!({}), "s3cr3t");
+    let s = &t.state;
+    let first = s.pending.clone().map(|p| p.command_id).unwrap_or_default();
+    assert!(
+        first.starts_with(&format!("{}/", exec_id(&d, 0))),
+        "{first}"
+    );
+    assert!(!first.contains("s3cr3t"), "the secret itself is never sent");
+    let ids: std::collections::BTreeSet<String> = (0..3)
+        .flat_map(|k| [Execute, Compensate].map(|a| s.command_id(&d.steps[k].name, a)))
+        .collect();
+    assert_eq!(ids.len(), 6, "each step action has its own tag");
+    // Another step's id, built from the first one's tag, is not the pending command.
+    let s = ok(s, &d, &done(&first, json!({}))).state;
+    let tag = first.rsplit('/').next().unwrap_or_default();
+    let guess = format!("{}/{tag}", exec_id(&d, 1));
+    assert!(is_stale(&refused(&s, &d, &done(&guess, json!({})))));
+    assert!(is_stale(&refused(
+        &s,
+        &d,
+        &done(&exec_id(&d, 1), json!({}))
+    )));
+    let real = s.command_id("b", Execute);
+    assert_eq!(s.pending.map(|p| p.command_id), Some(real));
 }

@@ -30,9 +30,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::event::{Effect, Event, Record, ReplyOutcome, Transition, TransitionError};
-use super::state::{
-    command_id, Pending, Phase, SagaState, Status, StepAction, StepRecord, StepStatus,
-};
+use super::state::{Pending, Phase, SagaState, Status, StepAction, StepRecord, StepStatus};
 use crate::domain::SagaDefinition;
 
 /// First back-off after a compensate answered `error`.
@@ -46,8 +44,9 @@ pub fn backoff_ms(attempt: u32) -> u64 {
     (BACKOFF_START_MS << shift).min(BACKOFF_MAX_MS)
 }
 
-/// Starts a saga: the state stored by `POST /start` and the effects that follow it.
-pub fn start(def: &SagaDefinition, saga_id: Uuid, payload: Value) -> Transition {
+/// Starts a saga: the state stored by `POST /start` and the effects that follow it. `nonce`
+/// is the saga's random secret (from the I/O layer), part of every `command_id`.
+pub fn start(def: &SagaDefinition, saga_id: Uuid, payload: Value, nonce: &str) -> Transition {
     let steps = def
         .steps
         .iter()
@@ -69,6 +68,7 @@ pub fn start(def: &SagaDefinition, saga_id: Uuid, payload: Value) -> Transition 
         steps,
         pending: None,
         to_compensate: Vec::new(),
+        nonce: nonce.to_string(),
         timer: 0,
         started_at_ms: None,
         traceparent: None,
@@ -222,7 +222,7 @@ fn send(
     effects: &mut Vec<Effect>,
 ) {
     let sd = &def.steps[step];
-    let id = command_id(&state.saga_id, &sd.name, action);
+    let id = state.command_id(&sd.name, action);
     let rec = &mut state.steps[step];
     match action {
         StepAction::Execute => {

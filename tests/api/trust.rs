@@ -337,3 +337,44 @@ async fn a_definition_version_stored_by_another_instance_is_loaded_on_demand() {
     assert_eq!(version, 2);
     a.stop().await;
 }
+
+#[actix_web::test]
+async fn a_participant_cannot_answer_a_command_it_was_not_sent() {
+    let app = spawn_app(None).await;
+    // s1 answers; s2 never does; s1's participant then forges s2's `done`.
+    let script: Script = Arc::new(|c: &Received| match c.step() {
+        "s1" => Answer::Done(json!({})),
+        _ => Answer::Silent,
+    });
+    let participants = Participants::start(&app.names, 3, script).await;
+    let id = app.start_saga(json!({})).await;
+    let sent = wait_until(Duration::from_secs(10), || async {
+        participants.for_saga(id).iter().any(|c| c.step() == "s2")
+    })
+    .await;
+    assert!(sent, "s2 sent");
+    let s1_id = participants.for_saga(id)[0].command_id().to_string();
+    // What s1's participant can know: the saga id, its own command id, the step names.
+    let guesses = [format!("{id}/s2/execute"), s1_id.replace("/s1/", "/s2/")];
+    assert_ne!(guesses[1], s1_id);
+    for guess in &guesses {
+        let forged = json!({"command_id": guess, "saga_id": id, "status": "done"});
+        assert!(
+            publish_raw(
+                &participants.channel,
+                &app.names.reply_queue,
+                forged.to_string().as_bytes(),
+                None
+            )
+            .await
+        );
+    }
+    let ignored = wait_until(Duration::from_secs(10), || async {
+        app.metric("saga_replies_total{outcome=\"ignored\"}").await >= Some(2.0)
+    })
+    .await;
+    assert!(ignored, "both forged replies were ignored");
+    let view = app.saga_view(&id.to_string()).await;
+    assert_eq!(view["version"], 2, "s2 is still pending: {view}");
+    assert_eq!(view["status"], "running");
+}
