@@ -1,5 +1,6 @@
 //! One integration-test binary against the real PostgreSQL and RabbitMQ.
 
+mod amqp;
 mod helpers;
 
 mod hostile;
@@ -7,6 +8,9 @@ mod hostile;
 mod cluster;
 mod compensation;
 mod completion;
+mod consumers;
+mod forgery;
+mod forwarding;
 mod http_api;
 mod late;
 mod listing;
