@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 
 use crate::actors::{Env, Registry, ReplyConsumer};
 use crate::app_state::{AppState, Core};
-use crate::broker::{Broker, Topology};
+use crate::broker::{Broker, ControlKey, Topology};
 use crate::cluster::lease::LeaseLoop;
 use crate::cluster::Ownership;
 use crate::config::Settings;
@@ -135,6 +135,15 @@ async fn boot(settings: Settings, state: web::Data<AppState>) {
         .values()
         .flat_map(|d| d.steps.iter().map(|s| s.queue.clone()))
         .collect();
+    // Signs and checks hand-overs between instances; participants cannot read it.
+    let key = retry("reading the cluster secret", || async {
+        let secret = store::secret::cluster_secret(&pool)
+            .await
+            .map_err(|e| e.to_string())?;
+        ControlKey::new(&secret)
+            .ok_or_else(|| "saga_cluster_secret holds fewer than 32 bytes".to_string())
+    })
+    .await;
     let broker = Broker::new(
         settings.amqp_url.clone(),
         Topology {
@@ -143,6 +152,7 @@ async fn boot(settings: Settings, state: web::Data<AppState>) {
             queue_type: settings.queue_type,
             partitions,
         },
+        key,
     );
     let ownership = Arc::new(Ownership::new(
         settings.cluster.instance_id.clone(),
@@ -193,14 +203,25 @@ async fn boot(settings: Settings, state: web::Data<AppState>) {
         env.ownership.instance(),
         env.ownership.held().len()
     );
-    // Supervise the connection: whenever it or the consumer drops, reconnect and consume again.
+    // Supervise the connection: whenever the consumer stops (its queue deleted, its channel
+    // closed) consume again; whenever the connection drops, reconnect and consume again.
     loop {
-        tokio::select! {
-            _ = broker.closed() => {}
-            _ = &mut stopped => {}
-        }
+        let connection_lost = tokio::select! {
+            _ = broker.closed() => true,
+            _ = &mut stopped => false,
+        };
         if state.drain.is_draining() {
             return;
+        }
+        if !connection_lost && broker.is_ready() {
+            match broker.consume_replies(settings.prefetch).await {
+                Ok(stream) => {
+                    log::info!("reply queue declared and consumed again");
+                    stopped = start_consumer(&env, &registry, stream);
+                    continue;
+                }
+                Err(e) => log::warn!("consuming the reply queue again failed ({e})"),
+            }
         }
         log::warn!("RabbitMQ connection lost; reconnecting");
         broker.close().await;
@@ -210,6 +231,8 @@ async fn boot(settings: Settings, state: web::Data<AppState>) {
         .await;
         log::info!("RabbitMQ connection re-established");
         stopped = start_consumer(&env, &registry, stream);
+        // The lease loop consumes the partition queues on the new connection at once.
+        env.ownership.recheck();
     }
 }
 

@@ -49,13 +49,17 @@ async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {
     Err(ApiError::NotFound("no such route".into()))
 }
 
-/// Hands a saga to the instance holding its partition, through that partition's queue.
+/// Hands a saga to the instance holding its partition, through that partition's queue
+/// (signed with the cluster's secret by the broker module). Fails (503) when the broker did
+/// not confirm it into that queue, so that an action is never answered 202 and lost.
 async fn hand_over(
     core: &crate::app_state::Core,
     saga_id: uuid::Uuid,
     op: crate::broker::wire::ControlOp,
     note: Option<String>,
 ) -> Result<(), ApiError> {
+    // PostgreSQL stores no U+0000: a note holding one could never be recorded by the owner.
+    let note = note.map(|n| n.replace('\0', ""));
     let partition = core.env.ownership.partition(&saga_id);
     let body = serde_json::to_vec(&crate::broker::wire::Control { saga_id, op, note })
         .map_err(|e| ApiError::Internal(e.to_string()))?;

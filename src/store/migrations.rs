@@ -33,6 +33,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0006_list_indexes.sql",
         include_str!("../../sql/0006_list_indexes.sql"),
     ),
+    (
+        8,
+        "0008_cluster_secret.sql",
+        include_str!("../../sql/0008_cluster_secret.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serialises concurrent migrators.
