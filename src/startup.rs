@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 
 use crate::actors::{Env, Registry, ReplyConsumer};
 use crate::app_state::{AppState, Core};
-use crate::broker::{Broker, Topology};
+use crate::broker::{Broker, ControlKey, Topology};
 use crate::cluster::lease::LeaseLoop;
 use crate::cluster::Ownership;
 use crate::config::Settings;
@@ -139,6 +139,14 @@ async fn boot(settings: Settings, state: web::Data<AppState>) {
         .iter()
         .flat_map(|d| d.steps.iter().map(|s| s.queue.clone()))
         .collect();
+    // Signs and checks hand-overs between instances; participants cannot read it.
+    let key = retry("reading the cluster secret", || async {
+        let secret = store::secret::cluster_secret(&pool).await?;
+        ControlKey::new(&secret).ok_or_else(|| {
+            store::StoreError::Corrupt("saga_cluster_secret holds fewer than 32 bytes".into())
+        })
+    })
+    .await;
     let broker = Broker::new(
         settings.amqp_url.clone(),
         settings.amqp_tls.clone(),
@@ -148,6 +156,7 @@ async fn boot(settings: Settings, state: web::Data<AppState>) {
             queue_type: settings.queue_type,
             partitions,
         },
+        key,
     );
     let ownership = Arc::new(Ownership::new(
         settings.cluster.instance_id.clone(),
@@ -205,14 +214,25 @@ async fn boot(settings: Settings, state: web::Data<AppState>) {
         env.ownership.instance(),
         env.ownership.held().len()
     );
-    // Supervise the connection: whenever it or the consumer drops, reconnect and consume again.
+    // Supervise the connection: whenever the consumer stops (its queue deleted, its channel
+    // closed) consume again; whenever the connection drops, reconnect and consume again.
     loop {
-        tokio::select! {
-            _ = broker.closed() => {}
-            _ = &mut stopped => {}
-        }
+        let connection_lost = tokio::select! {
+            _ = broker.closed() => true,
+            _ = &mut stopped => false,
+        };
         if state.drain.is_draining() {
             return;
+        }
+        if !connection_lost && broker.is_ready() {
+            match broker.consume_replies(settings.prefetch).await {
+                Ok(stream) => {
+                    log::info!("reply queue declared and consumed again");
+                    stopped = start_consumer(&env, &registry, stream);
+                    continue;
+                }
+                Err(e) => log::warn!("consuming the reply queue again failed ({e})"),
+            }
         }
         log::warn!("RabbitMQ connection lost; reconnecting");
         broker.close().await;
@@ -222,6 +242,8 @@ async fn boot(settings: Settings, state: web::Data<AppState>) {
         .await;
         log::info!("RabbitMQ connection re-established");
         stopped = start_consumer(&env, &registry, stream);
+        // The lease loop consumes the partition queues on the new connection at once.
+        env.ownership.recheck();
     }
 }
 

@@ -7,11 +7,13 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use super::messages::{Applied, DeliverError, DeliverEvent, EnsureLive};
+use super::messages::{Applied, DeliverError, DeliverEvent};
 use super::{Env, Registry};
-use crate::broker::wire::{decode_reply, salvage_saga_id, Control, PoisonReason};
-use crate::broker::{ReplyDelivery, ReplyStream};
+use crate::broker::wire::{decode_reply, salvage_saga_id, PoisonReason};
+use crate::broker::{ControlRefusal, ReplyDelivery, ReplyStream};
 use crate::saga::{Event, TransitionError};
+
+mod handover;
 
 /// Consumes one queue's deliveries: the shared reply queue, or one partition's queue.
 /// Stops when the stream ends (the channel closed, or the partition consumer was cancelled).
@@ -80,60 +82,6 @@ fn elsewhere(partition: u32, source: Option<u32>) -> Settle {
     }
 }
 
-/// A hand-over from another instance: drive a saga started there, or apply an operator
-/// action asked there.
-async fn control(
-    env: &Env,
-    registry: &Addr<Registry>,
-    delivery: &ReplyDelivery,
-    source: Option<u32>,
-) -> Settle {
-    let c: Control = match serde_json::from_slice(delivery.data()) {
-        Ok(c) => c,
-        Err(e) => return Settle::DeadLetter(format!("hand-over does not decode: {e}"), None),
-    };
-    let partition = env.ownership.partition(&c.saga_id);
-    if !env.ownership.owns(&c.saga_id) {
-        return elsewhere(partition, source);
-    }
-    if c.op == crate::broker::wire::ControlOp::Wake {
-        registry.do_send(EnsureLive(c.saga_id));
-        return Settle::Ack("handed_over");
-    }
-    let Some(event) = c.event() else {
-        return Settle::DeadLetter("hand-over names no step to skip".into(), None);
-    };
-    let answer = registry
-        .send(DeliverEvent {
-            saga_id: c.saga_id,
-            event,
-            note: c.note.clone(),
-            trace: None,
-            guard: c.guard(),
-        })
-        .await;
-    match answer {
-        Ok(Ok(Applied::Transitioned)) => Settle::Ack("handed_over"),
-        Ok(Ok(Applied::Ignored(e))) => {
-            log::warn!(
-                "saga={} step=- operator {:?} asked on another instance refused here: {e}",
-                c.saga_id,
-                c.op
-            );
-            Settle::Ack("handed_over")
-        }
-        Ok(Err(DeliverError::UnknownSaga(_))) | Ok(Err(DeliverError::Precondition { .. })) => {
-            Settle::Ack("handed_over")
-        }
-        // Not committed before the asker's deadline: the asker answered 503; never later.
-        Ok(Err(DeliverError::Store(crate::store::StoreError::DeadlinePassed))) => {
-            Settle::Ack("handed_over")
-        }
-        Ok(Err(DeliverError::NotOwner(p))) => elsewhere(p, source),
-        Ok(Err(_)) | Err(_) => Settle::Requeue,
-    }
-}
-
 impl StreamHandler<ReplyDelivery> for ReplyConsumer {
     fn handle(&mut self, delivery: ReplyDelivery, _ctx: &mut Self::Context) {
         let env = self.env.clone();
@@ -150,57 +98,22 @@ impl StreamHandler<ReplyDelivery> for ReplyConsumer {
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         // Each delivery is settled on its own task: many sagas advance at once, bounded by prefetch.
         actix::spawn(async move {
-            let settle = match decode_reply(delivery.data(), delivery.correlation_id()) {
-                _ if delivery.is_control() => control(&env, &registry, &delivery, source).await,
-                Err(reason) => {
-                    Settle::DeadLetter(reason.to_string(), salvage_saga_id(delivery.data()))
-                }
-                Ok(reply) if !env.ownership.owns(&reply.saga_id) => {
-                    elsewhere(env.ownership.partition(&reply.saga_id), source)
-                }
-                Ok(reply) => {
-                    let saga_id = reply.saga_id;
-                    let event = Event::Reply {
-                        command_id: reply.command_id,
-                        outcome: reply.outcome,
-                    };
-                    match registry
-                        .send(DeliverEvent {
-                            saga_id,
-                            event,
-                            note: None,
-                            trace: delivery.traceparent(),
-                            guard: None,
-                        })
-                        .await
-                    {
-                        Ok(Ok(Applied::Transitioned)) => Settle::Ack("accepted"),
-                        // Judged stale on state this instance may no longer own (its lease
-                        // ran out meanwhile): not ours to drop; its owner judges it again.
-                        Ok(Ok(Applied::Ignored(_))) if !env.ownership.owns(&saga_id) => {
-                            elsewhere(env.ownership.partition(&saga_id), source)
+            // A hand-over is taken only from a partition queue, and only signed; on the
+            // shared reply queue every message is a reply, whatever its AMQP type.
+            let settle = match source {
+                Some(_) if delivery.is_control() => {
+                    match env.broker.authenticate_control(&delivery, source) {
+                        Ok(()) => handover::control(&env, &registry, &delivery, source).await,
+                        Err(why) => {
+                            env.metrics
+                                .replies
+                                .with_label_values(&["forged_hand_over"])
+                                .inc();
+                            Settle::DeadLetter(why.to_string(), None)
                         }
-                        Ok(Ok(Applied::Ignored(TransitionError::Stale(_))))
-                        | Ok(Ok(Applied::Ignored(TransitionError::Finished(_)))) => {
-                            Settle::Ack("ignored")
-                        }
-                        Ok(Ok(Applied::Ignored(e))) => {
-                            Settle::DeadLetter(e.to_string(), Some(saga_id))
-                        }
-                        Ok(Err(DeliverError::UnknownSaga(id))) => {
-                            Settle::DeadLetter(PoisonReason::UnknownSaga(id).to_string(), None)
-                        }
-                        Ok(Err(DeliverError::NotOwner(p))) => elsewhere(p, source),
-                        Ok(Err(DeliverError::Store(e))) if !e.is_transient() => match e {
-                            crate::store::StoreError::Corrupt(_)
-                            | crate::store::StoreError::Batch(_) => {
-                                Settle::DeadLetter(e.to_string(), Some(saga_id))
-                            }
-                            _ => Settle::Requeue,
-                        },
-                        Ok(Err(_)) | Err(_) => Settle::Requeue,
                     }
                 }
+                _ => reply(&env, &registry, &delivery, source).await,
             };
             settle_delivery(&env, delivery, settle).await;
             env.drain
@@ -211,12 +124,76 @@ impl StreamHandler<ReplyDelivery> for ReplyConsumer {
 
     fn finished(&mut self, ctx: &mut Self::Context) {
         match self.source {
-            // Cancelled (the partition changed hands) or its channel closed: the lease loop
-            // consumes it again on the next connection while the partition is held.
+            // Cancelled by the broker (its queue deleted) or its channel closed while the
+            // partition is held: the lease loop, woken now, declares and consumes it again.
+            Some(p) if self.env.ownership.epoch(p).is_some() && !self.env.drain.is_draining() => {
+                log::debug!("consumer of partition {p} stopped; consuming its queue again");
+                self.env.ownership.recheck();
+            }
+            // Cancelled because the partition changed hands.
             Some(p) => log::debug!("consumer of partition {p} stopped"),
-            None => log::warn!("reply stream ended; the connection will be re-established"),
+            // Start-up's supervisor consumes it again (or reconnects).
+            None => log::warn!("reply stream ended; consuming the reply queue again"),
         }
         ctx.stop();
+    }
+}
+
+/// What becomes of a delivery taken as a participant's reply.
+async fn reply(
+    env: &Env,
+    registry: &Addr<Registry>,
+    delivery: &ReplyDelivery,
+    source: Option<u32>,
+) -> Settle {
+    let reply = match decode_reply(delivery.data(), delivery.correlation_id()) {
+        Ok(reply) => reply,
+        Err(reason) if delivery.is_control() => {
+            let why = format!("{}; as a reply: {reason}", ControlRefusal::SharedQueue);
+            return Settle::DeadLetter(why, salvage_saga_id(delivery.data()));
+        }
+        Err(reason) => {
+            return Settle::DeadLetter(reason.to_string(), salvage_saga_id(delivery.data()))
+        }
+    };
+    if !env.ownership.owns(&reply.saga_id) {
+        return elsewhere(env.ownership.partition(&reply.saga_id), source);
+    }
+    let saga_id = reply.saga_id;
+    let event = Event::Reply {
+        command_id: reply.command_id,
+        outcome: reply.outcome,
+    };
+    let answer = registry
+        .send(DeliverEvent {
+            saga_id,
+            event,
+            note: None,
+            trace: delivery.traceparent(),
+            guard: None,
+        })
+        .await;
+    match answer {
+        Ok(Ok(Applied::Transitioned)) => Settle::Ack("accepted"),
+        // Judged stale on state this instance may no longer own (its lease ran out
+        // meanwhile): not ours to drop; its owner judges it again.
+        Ok(Ok(Applied::Ignored(_))) if !env.ownership.owns(&saga_id) => {
+            elsewhere(env.ownership.partition(&saga_id), source)
+        }
+        Ok(Ok(Applied::Ignored(TransitionError::Stale(_))))
+        | Ok(Ok(Applied::Ignored(TransitionError::Finished(_)))) => Settle::Ack("ignored"),
+        Ok(Ok(Applied::Ignored(e))) => Settle::DeadLetter(e.to_string(), Some(saga_id)),
+        Ok(Err(DeliverError::UnknownSaga(id))) => {
+            Settle::DeadLetter(PoisonReason::UnknownSaga(id).to_string(), None)
+        }
+        Ok(Err(DeliverError::NotOwner(p))) => elsewhere(p, source),
+        Ok(Err(DeliverError::Store(e))) if !e.is_transient() => match e {
+            crate::store::StoreError::Corrupt(_) | crate::store::StoreError::Batch(_) => {
+                Settle::DeadLetter(e.to_string(), Some(saga_id))
+            }
+            _ => Settle::Requeue,
+        },
+        Ok(Err(_)) | Err(_) => Settle::Requeue,
     }
 }
 
@@ -252,8 +229,15 @@ async fn settle_delivery(env: &Env, delivery: ReplyDelivery, settle: Settle) {
                     replies.with_label_values(&["dead_lettered"]).inc();
                     delivery.ack().await
                 }
-                // Not copied to the DLQ: hand it back rather than lose it.
-                Err(_) => delivery.requeue().await,
+                // Not copied to the DLQ: hand it back rather than lose it (after a pause,
+                // so that it does not spin).
+                Err(e) => {
+                    log::warn!(
+                        "saga={shown} step=- dead-lettering failed ({e}); reply handed back"
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    delivery.requeue().await
+                }
             }
         }
         Settle::Forward(partition) => {
@@ -266,7 +250,11 @@ async fn settle_delivery(env: &Env, delivery: ReplyDelivery, settle: Settle) {
                     replies.with_label_values(&["forwarded"]).inc();
                     delivery.ack().await
                 }
-                Err(_) => {
+                // Not confirmed into the partition's queue (gone, or the broker is away):
+                // handed back, to be passed on again once its owner declared it again.
+                Err(e) => {
+                    log::debug!("passing a delivery on to partition {partition} failed: {e}");
+                    replies.with_label_values(&["forward_failed"]).inc();
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     delivery.requeue().await
                 }

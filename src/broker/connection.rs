@@ -1,52 +1,48 @@
-//! One connection to RabbitMQ, re-established with back-off whenever it drops.
+//! One connection to RabbitMQ, re-established with back-off whenever it drops; its
+//! consume channels are reopened, and their queues declared again, whenever the broker
+//! closes one or cancels a consumer (a queue deleted, a channel error).
 
-use std::collections::BTreeSet;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::types::{LongString, ShortString};
+use lapin::{Channel, Connection, ConnectionProperties};
 
-use super::{BrokerError, EVENTS_EXCHANGE};
-use crate::config::QueueType;
+use super::signing::ControlKey;
+use super::topology::{declare_topology, Declarer, Topology};
+use super::BrokerError;
 
-/// What the orchestrator declares on every (re)connection.
-#[derive(Debug, Clone)]
-pub struct Topology {
-    /// The reply queue (its `.dlq` is declared too).
-    pub reply_queue: String,
-    /// Every command queue of every stored definition.
-    pub command_queues: BTreeSet<String>,
-    /// Classic or quorum.
-    pub queue_type: QueueType,
-    /// Partitions: each has a reply queue `<reply queue>.p<n>` its owner consumes.
-    pub partitions: u32,
-}
-
-impl Topology {
-    /// The dead-letter queue of the reply queue.
-    pub fn dead_letter_queue(&self) -> String {
-        format!("{}.dlq", self.reply_queue)
-    }
-
-    /// The queue of one partition: replies and hand-overs for its sagas reach its owner there.
-    pub fn partition_queue(&self, partition: u32) -> String {
-        format!("{}.p{partition}", self.reply_queue)
-    }
-}
+/// How long closing a channel or the connection may take before it is given up.
+const CLOSE_WITHIN: Duration = Duration::from_secs(2);
 
 pub(super) struct Links {
     pub connection: Connection,
     pub publish: Channel,
-    /// The channel of the shared reply queue's consumer (held so it stays open).
-    pub _consume: Channel,
+    /// The channel of the shared reply queue's consumer; replaced once the broker closed it.
+    pub consume: Mutex<Channel>,
     /// The channel of the partition queues' consumers: apart from the busy shared one,
     /// because RabbitMQ's per-channel prefetch bookkeeping touches every queue consumed
     /// on a channel at each ack (64 idle queues beside the shared one halved throughput).
-    pub partitions: Channel,
+    /// Replaced once the broker closed it.
+    pub partitions: Mutex<Channel>,
     /// Counts connections, so that a consumer of an old one is not cancelled on a new one.
     pub generation: u64,
+}
+
+impl Links {
+    /// The channel in `slot`, first reopened if the broker closed it.
+    async fn open_channel(&self, slot: &Mutex<Channel>) -> Result<Channel, BrokerError> {
+        let current = slot.lock().ok().map(|c| c.clone());
+        if let Some(channel) = current.filter(|c| c.status().connected()) {
+            return Ok(channel);
+        }
+        let fresh = self.connection.create_channel().await?;
+        if let Ok(mut slot) = slot.lock() {
+            *slot = fresh.clone();
+        }
+        Ok(fresh)
+    }
 }
 
 /// Handle to the broker connection; cheap to clone.
@@ -56,18 +52,27 @@ pub struct Broker {
     url: String,
     tls: super::AmqpTls,
     pub(super) topology: Arc<Topology>,
-    generation: Arc<std::sync::atomic::AtomicU64>,
+    /// Signs the hand-overs this instance sends and checks the ones it receives.
+    pub(super) key: Arc<ControlKey>,
+    generation: Arc<AtomicU64>,
+    /// Makes consumer tags unique on a channel, so a consumer started again never reuses one.
+    tags: Arc<AtomicU64>,
 }
 
+/// A started partition consumer: its partition, its deliveries, its handle.
+pub type PartitionStart = (u32, super::ReplyStream, PartitionConsumer);
+
 impl Broker {
-    /// A handle that is not connected yet; see [`Broker::connect`].
-    pub fn new(url: String, tls: super::AmqpTls, topology: Topology) -> Self {
+    /// A handle that is not connected yet; see [`Broker::connect`]. `key` signs hand-overs.
+    pub fn new(url: String, tls: super::AmqpTls, topology: Topology, key: ControlKey) -> Self {
         Broker {
             links: Arc::new(RwLock::new(None)),
             url,
             tls,
             topology: Arc::new(topology),
-            generation: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            key: Arc::new(key),
+            generation: Arc::new(AtomicU64::new(0)),
+            tags: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -94,8 +99,13 @@ impl Broker {
         }
     }
 
-    /// Connects, declares the topology, opens the publish channel with confirms and a
-    /// consume channel; returns the consume channel's reply stream.
+    fn tag(&self, prefix: &str) -> String {
+        let n = self.tags.fetch_add(1, Ordering::AcqRel);
+        format!("{prefix}-{n}")
+    }
+
+    /// Connects, declares the topology, opens the publish channel with confirms and the
+    /// consume channels; returns the shared reply queue's stream.
     pub async fn connect(&self, prefetch: u16) -> Result<super::ReplyStream, BrokerError> {
         let props =
             ConnectionProperties::default().with_connection_name(LongString::from("saga-service"));
@@ -105,61 +115,110 @@ impl Broker {
         publish
             .confirm_select(lapin::options::ConfirmSelectOptions::default())
             .await?;
-        let consume = connection.create_channel().await?;
-        let stream = super::consumer::start(
-            &consume,
-            &self.topology.reply_queue,
-            "saga-service",
-            prefetch,
-        )
-        .await?;
-        let partitions = connection.create_channel().await?;
-        let generation = self
-            .generation
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
-            + 1;
-        self.set(Some(Arc::new(Links {
+        let consume = Mutex::new(connection.create_channel().await?);
+        let partitions = Mutex::new(connection.create_channel().await?);
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        let links = Arc::new(Links {
             connection,
             publish,
-            _consume: consume,
+            consume,
             partitions,
             generation,
-        })));
+        });
+        let stream = self.start_replies(&links, prefetch).await?;
+        self.set(Some(links));
         Ok(stream)
     }
 
-    /// Starts consuming a partition's queue on the current connection; returns its stream
-    /// and a handle to cancel it.
-    pub async fn consume_partition(
+    /// Consumes the shared reply queue again on the current connection, after its consumer
+    /// stopped (the queue deleted, its channel closed): declares the queue and its DLQ,
+    /// reopens the channel if the broker closed it.
+    pub async fn consume_replies(&self, prefetch: u16) -> Result<super::ReplyStream, BrokerError> {
+        let links = self.current().ok_or(BrokerError::NotConnected)?;
+        let mut declarer = Declarer::open(&links.connection, self.topology.queue_type).await?;
+        declarer.queue(&self.topology.reply_queue).await?;
+        declarer.queue(&self.topology.dead_letter_queue()).await?;
+        declarer.close().await;
+        self.start_replies(&links, prefetch).await
+    }
+
+    async fn start_replies(
         &self,
+        links: &Links,
+        prefetch: u16,
+    ) -> Result<super::ReplyStream, BrokerError> {
+        let channel = links.open_channel(&links.consume).await?;
+        let tag = self.tag("saga-service");
+        super::consumer::start(&channel, &self.topology.reply_queue, &tag, prefetch).await
+    }
+
+    /// Declares the queues of `partitions` and consumes them on the current connection (the
+    /// partitions channel reopened first if the broker closed it). Returns the consumers
+    /// started, in order, and the error that stopped it early, if any, with its partition.
+    pub async fn consume_partitions(
+        &self,
+        partitions: &[u32],
+        prefetch: u16,
+    ) -> (Vec<PartitionStart>, Option<(u32, BrokerError)>) {
+        let mut started = Vec::new();
+        let Some(&first) = partitions.first() else {
+            return (started, None);
+        };
+        let Some(links) = self.current() else {
+            return (started, Some((first, BrokerError::NotConnected)));
+        };
+        let mut declarer = match Declarer::open(&links.connection, self.topology.queue_type).await {
+            Ok(d) => d,
+            Err(e) => return (started, Some((first, e))),
+        };
+        let mut failed = None;
+        for &p in partitions {
+            match self
+                .start_partition(&links, &mut declarer, p, prefetch)
+                .await
+            {
+                Ok((stream, consumer)) => started.push((p, stream, consumer)),
+                Err(e) => {
+                    failed = Some((p, e));
+                    break;
+                }
+            }
+        }
+        declarer.close().await;
+        (started, failed)
+    }
+
+    async fn start_partition(
+        &self,
+        links: &Links,
+        declarer: &mut Declarer<'_>,
         partition: u32,
         prefetch: u16,
     ) -> Result<(super::ReplyStream, PartitionConsumer), BrokerError> {
-        let links = self.current().ok_or(BrokerError::NotConnected)?;
-        let tag = format!("saga-service-p{partition}");
         let queue = self.topology.partition_queue(partition);
-        let stream = super::consumer::start(&links.partitions, &queue, &tag, prefetch).await?;
-        Ok((
-            stream,
-            PartitionConsumer {
-                tag,
-                generation: links.generation,
-            },
-        ))
+        declarer.queue(&queue).await?;
+        let channel = links.open_channel(&links.partitions).await?;
+        let tag = self.tag(&format!("saga-service-p{partition}"));
+        let stream = super::consumer::start(&channel, &queue, &tag, prefetch).await?;
+        let consumer = PartitionConsumer {
+            tag,
+            channel,
+            generation: links.generation,
+        };
+        Ok((stream, consumer))
     }
 
     /// Stops a partition consumer (its unacked deliveries return to the queue once settled).
     pub async fn cancel_partition(&self, consumer: &PartitionConsumer) {
-        if let Some(links) = self.current() {
-            if links.generation == consumer.generation {
-                let _ = links
-                    .partitions
-                    .basic_cancel(
-                        ShortString::from(consumer.tag.as_str()),
-                        lapin::options::BasicCancelOptions::default(),
-                    )
-                    .await;
-            }
+        // On a channel the broker closed there is nothing left to cancel.
+        if consumer.channel.status().connected() {
+            let _ = consumer
+                .channel
+                .basic_cancel(
+                    ShortString::from(consumer.tag.as_str()),
+                    lapin::options::BasicCancelOptions::default(),
+                )
+                .await;
         }
     }
 
@@ -179,11 +238,13 @@ impl Broker {
         }
     }
 
-    /// Closes the connection (on shutdown).
+    /// Closes the connection (on shutdown, or before connecting again); gives up waiting
+    /// for the broker after a while, so a reconnection is never held up by the old one.
     pub async fn close(&self) {
         if let Some(l) = self.current() {
-            let _ = l.publish.close(200, ShortString::from("shutdown")).await;
-            let _ = l.connection.close(200, ShortString::from("shutdown")).await;
+            let reason = || ShortString::from("shutdown");
+            let _ = tokio::time::timeout(CLOSE_WITHIN, l.publish.close(200, reason())).await;
+            let _ = tokio::time::timeout(CLOSE_WITHIN, l.connection.close(200, reason())).await;
         }
         self.set(None);
     }
@@ -193,6 +254,7 @@ impl Broker {
 #[derive(Debug, Clone)]
 pub struct PartitionConsumer {
     tag: String,
+    channel: Channel,
     generation: u64,
 }
 
@@ -201,63 +263,4 @@ impl PartitionConsumer {
     pub fn generation(&self) -> u64 {
         self.generation
     }
-}
-
-fn queue_args(queue_type: QueueType) -> FieldTable {
-    let mut args = FieldTable::default();
-    if queue_type == QueueType::Quorum {
-        args.insert(
-            ShortString::from("x-queue-type"),
-            AMQPValue::LongString(LongString::from("quorum")),
-        );
-    }
-    args
-}
-
-async fn declare_topology(connection: &Connection, t: &Topology) -> Result<(), BrokerError> {
-    let mut channel = connection.create_channel().await?;
-    channel
-        .exchange_declare(
-            ShortString::from(EVENTS_EXCHANGE),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    let mut queues = vec![t.reply_queue.clone(), t.dead_letter_queue()];
-    queues.extend((0..t.partitions).map(|p| t.partition_queue(p)));
-    queues.extend(t.command_queues.iter().cloned());
-    for queue in queues {
-        let declared = channel
-            .queue_declare(
-                ShortString::from(queue.as_str()),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                queue_args(t.queue_type),
-            )
-            .await;
-        if let Err(e) = declared {
-            // A queue that exists with other arguments (declared by a participant) closes the
-            // channel; use it as it is if it exists at all.
-            channel = connection.create_channel().await?;
-            channel
-                .queue_declare(
-                    ShortString::from(queue.as_str()),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await?;
-            log::warn!("queue {queue} exists with other arguments ({e}); using it as it is");
-        }
-    }
-    let _ = channel.close(200, ShortString::from("declared")).await;
-    Ok(())
 }

@@ -3,7 +3,7 @@
 use futures_util::{Stream, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
-use lapin::types::{FieldTable, ShortString};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel};
 
 use super::BrokerError;
@@ -39,19 +39,33 @@ impl ReplyDelivery {
 
     /// A valid W3C `traceparent` header, if the participant sent one.
     pub fn traceparent(&self) -> Option<String> {
-        let headers = self.inner.properties.headers().as_ref()?;
-        let value = headers.inner().get(super::TRACEPARENT)?;
-        let text = match value {
-            lapin::types::AMQPValue::LongString(s) => {
-                String::from_utf8_lossy(s.as_bytes()).into_owned()
-            }
-            lapin::types::AMQPValue::ShortString(s) => s.as_str().to_string(),
-            _ => return None,
-        };
-        crate::domain::trace::parse_traceparent(&text)
+        crate::domain::trace::parse_traceparent(&self.header_text(super::TRACEPARENT)?)
     }
 
-    /// Its properties (kept when dead-lettering).
+    fn header(&self, name: &str) -> Option<&AMQPValue> {
+        self.inner.properties.headers().as_ref()?.inner().get(name)
+    }
+
+    /// A header holding a string, as text.
+    pub fn header_text(&self, name: &str) -> Option<String> {
+        match self.header(name)? {
+            AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+            AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
+            _ => None,
+        }
+    }
+
+    /// A header holding an integer.
+    pub fn header_i64(&self, name: &str) -> Option<i64> {
+        match *self.header(name)? {
+            AMQPValue::LongLongInt(n) => Some(n),
+            AMQPValue::LongInt(n) => Some(i64::from(n)),
+            AMQPValue::LongUInt(n) => Some(i64::from(n)),
+            _ => None,
+        }
+    }
+
+    /// Its properties (those a reader needs are kept when it is passed on or dead-lettered).
     pub fn properties(&self) -> &BasicProperties {
         &self.inner.properties
     }

@@ -2,13 +2,18 @@
 
 mod connection;
 mod consumer;
+mod properties;
 mod publisher;
+pub mod signing;
 mod tls;
+mod topology;
 pub mod wire;
 
-pub use connection::{Broker, PartitionConsumer, Topology};
+pub use connection::{Broker, PartitionConsumer, PartitionStart};
 pub use consumer::{ReplyDelivery, ReplyStream};
+pub use signing::{ControlKey, ControlRefusal};
 pub use tls::{connect as connect_amqp, AmqpTls};
+pub use topology::Topology;
 
 /// AMQP `type` of the hand-overs one instance sends another on a partition queue.
 pub const CONTROL_TYPE: &str = "saga.control";
@@ -31,6 +36,9 @@ pub enum BrokerError {
     /// The broker refused (nacked) a publish.
     #[error("broker nacked the publish to {0}")]
     Nacked(String),
+    /// A mandatory publish reached no queue (the queue does not exist): it was returned.
+    #[error("no queue {0}: the broker returned the message")]
+    Unroutable(String),
 }
 
 impl BrokerError {

@@ -1,12 +1,23 @@
-//! Publishing with confirms: commands, lifecycle events, dead letters.
+//! Publishing with confirms: commands, lifecycle events, dead letters, and what is passed
+//! on to a partition's queue.
 
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, LongString, ShortString};
 use lapin::{BasicProperties, Confirmation};
 
+use super::properties::{kept_headers, passed_on, PERSISTENT};
+use super::topology::Declarer;
 use super::{Broker, BrokerError, EVENTS_EXCHANGE};
 
-const PERSISTENT: u8 = 2;
+/// Whether a publish must reach a queue: a message the broker cannot route anywhere is then
+/// returned, and the publish fails, instead of being confirmed and dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Routing {
+    /// Confirmed even when no queue takes it (lifecycle events nobody is bound to).
+    Optional,
+    /// Returned when no queue takes it (the queue was deleted).
+    Mandatory,
+}
 
 impl Broker {
     async fn publish(
@@ -15,14 +26,19 @@ impl Broker {
         routing_key: &str,
         body: &[u8],
         properties: BasicProperties,
+        routing: Routing,
     ) -> Result<(), BrokerError> {
         let links = self.current().ok_or(BrokerError::NotConnected)?;
+        let options = BasicPublishOptions {
+            mandatory: routing == Routing::Mandatory,
+            ..Default::default()
+        };
         let confirm = links
             .publish
             .basic_publish(
                 ShortString::from(exchange),
                 ShortString::from(routing_key),
-                BasicPublishOptions::default(),
+                options,
                 body,
                 properties.with_delivery_mode(PERSISTENT),
             )
@@ -30,7 +46,9 @@ impl Broker {
             .await?;
         match confirm {
             Confirmation::Nack(_) => Err(BrokerError::Nacked(routing_key.to_string())),
-            _ => Ok(()),
+            // Acked, but returned first: no queue took it.
+            Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable(routing_key.to_string())),
+            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
         }
     }
 
@@ -58,19 +76,22 @@ impl Broker {
             );
             props = props.with_headers(headers);
         }
-        self.publish("", queue, body, props).await
+        self.publish("", queue, body, props, Routing::Optional)
+            .await
     }
 
     /// Announces a lifecycle event on `saga.events` with routing key `<saga>.<status>`.
     pub async fn announce(&self, routing_key: &str, body: &[u8]) -> Result<(), BrokerError> {
         let props =
             BasicProperties::default().with_content_type(ShortString::from("application/json"));
-        self.publish(EVENTS_EXCHANGE, routing_key, body, props)
+        self.publish(EVENTS_EXCHANGE, routing_key, body, props, Routing::Optional)
             .await
     }
 
-    /// Passes a reply that reached this instance but belongs to a partition held by
-    /// another on to that partition's queue, unchanged.
+    /// Passes a reply (or hand-over) that reached this instance but belongs to a partition
+    /// held by another on to that partition's queue: the body unchanged, the properties
+    /// those a reader needs (see `properties::passed_on`). Fails, rather than being
+    /// confirmed and lost, when that queue does not exist.
     pub async fn forward(
         &self,
         partition: u32,
@@ -78,26 +99,32 @@ impl Broker {
         original: &BasicProperties,
     ) -> Result<(), BrokerError> {
         let queue = self.topology.partition_queue(partition);
-        self.publish("", &queue, body, original.clone()).await
+        self.publish("", &queue, body, passed_on(original), Routing::Mandatory)
+            .await
     }
 
-    /// Hands a saga over to the owner of its partition (see `wire::Control`).
+    /// Hands a saga over to the owner of its partition (see `wire::Control`), signed with
+    /// the cluster's secret (see `signing`). Fails when the partition's queue does not exist.
     pub async fn send_control(&self, partition: u32, body: &[u8]) -> Result<(), BrokerError> {
         let queue = self.topology.partition_queue(partition);
         let props = BasicProperties::default()
             .with_type(ShortString::from(super::CONTROL_TYPE))
-            .with_content_type(ShortString::from("application/json"));
-        self.publish("", &queue, body, props).await
+            .with_content_type(ShortString::from("application/json"))
+            .with_headers(self.key.headers(body));
+        self.publish("", &queue, body, props, Routing::Mandatory)
+            .await
     }
 
-    /// Copies a poison reply to `<reply queue>.dlq` with the reason in header `x-saga-error`.
+    /// Copies a poison reply to `<reply queue>.dlq` with the reason in header `x-saga-error`
+    /// (the properties those a reader needs, see `properties::passed_on`). A DLQ that was
+    /// deleted is declared again.
     pub async fn dead_letter(
         &self,
         body: &[u8],
         original: &BasicProperties,
         reason: &str,
     ) -> Result<(), BrokerError> {
-        let mut headers = original.headers().clone().unwrap_or_default();
+        let mut headers = kept_headers(original);
         headers.insert(
             ShortString::from("x-saga-error"),
             AMQPValue::LongString(LongString::from(reason)),
@@ -106,8 +133,20 @@ impl Broker {
             ShortString::from("x-saga-queue"),
             AMQPValue::LongString(LongString::from(self.topology.reply_queue.as_str())),
         );
-        let props = original.clone().with_headers(headers);
+        let props = passed_on(original).with_headers(headers);
         let dlq = self.topology.dead_letter_queue();
-        self.publish("", &dlq, body, props).await
+        let sent = self
+            .publish("", &dlq, body, props.clone(), Routing::Mandatory)
+            .await;
+        if !matches!(sent, Err(BrokerError::Unroutable(_))) {
+            return sent;
+        }
+        let links = self.current().ok_or(BrokerError::NotConnected)?;
+        let mut declarer = Declarer::open(&links.connection, self.topology.queue_type).await?;
+        let declared = declarer.queue(&dlq).await;
+        declarer.close().await;
+        declared?;
+        self.publish("", &dlq, body, props, Routing::Mandatory)
+            .await
     }
 }

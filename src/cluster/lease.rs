@@ -37,7 +37,7 @@ pub struct LeaseLoop {
     registry: Addr<Registry>,
     settings: ClusterSettings,
     prefetch: u16,
-    consumers: HashMap<u32, PartitionConsumer>,
+    consumers: HashMap<u32, Consuming>,
     /// Partitions taken whose sagas are not loaded yet.
     unloaded: Vec<u32>,
     /// Partitions whose sagas are being loaded, outside the renewal path.
@@ -266,42 +266,51 @@ impl LeaseLoop {
         });
     }
 
-    /// Consumes the queue of every held partition on the current connection.
+    /// Consumes the queue of every held partition on the current connection: one never
+    /// consumed yet, one whose consumer stopped (the broker deleted its queue, cancelled it
+    /// or closed its channel) and every one after a reconnection. Each queue is declared
+    /// again first, and a closed channel reopened.
     async fn ensure_consumers(&mut self) {
         let broker = &self.env.broker;
         let generation = broker.generation();
         if generation == 0 {
             return;
         }
-        for (p, _) in self.env.ownership.held() {
-            if self.unloaded.contains(&p) {
-                continue;
+        let mut stopped = Vec::new();
+        self.consumers.retain(|&p, c| {
+            let running = c.is_running(generation);
+            if !running && c.consumer.generation() == generation {
+                stopped.push(p);
             }
-            if self
-                .consumers
-                .get(&p)
-                .is_some_and(|c| c.generation() == generation)
-            {
-                continue;
-            }
-            match broker.consume_partition(p, self.prefetch).await {
-                Ok((stream, consumer)) => {
-                    let (stopped, _) = tokio::sync::oneshot::channel();
-                    ReplyConsumer::new(
-                        self.env.clone(),
-                        self.registry.clone(),
-                        stream,
-                        stopped,
-                        Some(p),
-                    )
-                    .start();
-                    self.consumers.insert(p, consumer);
-                }
-                Err(e) => {
-                    log::warn!("consuming the queue of partition {p} failed: {e}; next round");
-                    return;
-                }
-            }
+            running
+        });
+        if !stopped.is_empty() {
+            stopped.sort_unstable();
+            log::warn!("the consumers of partitions {stopped:?} stopped; declaring and consuming their queues again");
+        }
+        let wanted: Vec<u32> = self
+            .env
+            .ownership
+            .held()
+            .into_iter()
+            .map(|(p, _)| p)
+            .filter(|p| !self.unloaded.contains(p) && !self.consumers.contains_key(p))
+            .collect();
+        let (started, failed) = broker.consume_partitions(&wanted, self.prefetch).await;
+        for (p, stream, consumer) in started {
+            let (stopped_tx, stopped) = tokio::sync::oneshot::channel();
+            ReplyConsumer::new(
+                self.env.clone(),
+                self.registry.clone(),
+                stream,
+                stopped_tx,
+                Some(p),
+            )
+            .start();
+            self.consumers.insert(p, Consuming { consumer, stopped });
+        }
+        if let Some((p, e)) = failed {
+            log::warn!("consuming the queue of partition {p} failed: {e}; next round");
         }
     }
 
@@ -312,8 +321,8 @@ impl LeaseLoop {
             self.env.ownership.clear(p);
         }
         for p in parts {
-            if let Some(consumer) = self.consumers.remove(p) {
-                self.env.broker.cancel_partition(&consumer).await;
+            if let Some(c) = self.consumers.remove(p) {
+                self.env.broker.cancel_partition(&c.consumer).await;
             }
         }
         let _ = self.registry.send(ReleasePartitions(parts.to_vec())).await;
@@ -368,6 +377,24 @@ async fn load_partitions(
         .map_err(|e| StoreError::Corrupt(format!("registry unreachable: {e}")))?;
     log::info!("rehydrated {n} of {total} unfinished sagas of partitions {parts:?}");
     Ok(())
+}
+
+/// A partition queue's consumer: its broker handle, and the signal of its actor's end.
+struct Consuming {
+    consumer: PartitionConsumer,
+    /// Fires (or is dropped) when the consumer actor stopped: its stream ended.
+    stopped: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl Consuming {
+    /// Whether it still takes deliveries on connection `generation`.
+    fn is_running(&mut self, generation: u64) -> bool {
+        self.consumer.generation() == generation
+            && matches!(
+                self.stopped.try_recv(),
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+            )
+    }
 }
 
 /// Hands every held partition back and removes this instance's heartbeat (on shutdown,

@@ -49,12 +49,16 @@ async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {
     Err(ApiError::NotFound("no such route".into()))
 }
 
-/// Hands a saga to the instance holding its partition, through that partition's queue.
+/// Hands a saga to the instance holding its partition, through that partition's queue
+/// (signed with the cluster's secret by the broker module). Fails (503) when the broker did
+/// not confirm it into that queue, so that an action is never answered 202 and lost.
 async fn hand_over(
     core: &crate::app_state::Core,
-    control: crate::broker::wire::Control,
+    mut control: crate::broker::wire::Control,
 ) -> Result<(), ApiError> {
     let saga_id = control.saga_id;
+    // PostgreSQL stores no U+0000: a note holding one could never be recorded by the owner.
+    control.note = control.note.map(|n| n.replace('\0', ""));
     let partition = core.env.ownership.partition(&saga_id);
     let body = serde_json::to_vec(&control).map_err(|e| ApiError::Internal(e.to_string()))?;
     core.env

@@ -34,6 +34,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../../sql/0006_list_indexes.sql"),
     ),
     (
+        8,
+        "0008_cluster_secret.sql",
+        include_str!("../../sql/0008_cluster_secret.sql"),
+    ),
+    (
         9,
         "0009_outbox_incarnation.sql",
         include_str!("../../sql/0009_outbox_incarnation.sql"),

@@ -5,6 +5,7 @@ pub mod leases;
 mod migrations;
 pub mod outbox;
 pub mod queries;
+pub mod secret;
 mod snapshots;
 pub mod tls;
 

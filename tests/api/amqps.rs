@@ -61,6 +61,7 @@ fn broker(port: u16, ca_file: &std::path::Path) -> Broker {
             queue_type: QueueType::Classic,
             partitions: 1,
         },
+        saga_service::broker::ControlKey::new(&[7; 32]).expect("a 32-byte key"),
     )
 }
 

@@ -1,5 +1,6 @@
 //! One integration-test binary against the real PostgreSQL and RabbitMQ.
 
+mod amqp;
 mod certs;
 mod helpers;
 
@@ -9,6 +10,9 @@ mod amqps;
 mod cluster;
 mod compensation;
 mod completion;
+mod consumers;
+mod forgery;
+mod forwarding;
 mod guarded;
 mod http_api;
 mod late;

@@ -1,0 +1,116 @@
+//! CONTRACT.md section 7: a consumer the broker closes or cancels (a queue deleted, a
+//! channel closed) is declared and consumed again within 5 s.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::amqp::*;
+use crate::helpers::*;
+
+/// Step 1 stays silent (the test answers it), the others answer `done`.
+fn step1_silent() -> Script {
+    Arc::new(|c: &Received| match c.step() {
+        "s1" => Answer::Silent,
+        step => Answer::Done(json!({ "step": step })),
+    })
+}
+
+/// Answers step 1 of a saga on `queue` as its participant would, and waits for the end.
+async fn answer_step1_on(app: &TestApp, participants: &Participants, id: Uuid, queue: &str) {
+    let command = first_command(participants, id, "s1").await;
+    let reply = json!({"command_id": command.command_id(), "saga_id": id, "status": "done"});
+    assert!(
+        publish_raw(
+            &participants.channel,
+            queue,
+            reply.to_string().as_bytes(),
+            None
+        )
+        .await
+    );
+    assert!(
+        app.wait_status(id, "completed", Duration::from_secs(15))
+            .await,
+        "the saga completed: {}",
+        app.saga_view(&id.to_string()).await
+    );
+}
+
+#[actix_web::test]
+async fn a_deleted_partition_queue_is_declared_and_consumed_again_within_five_seconds() {
+    let app = spawn_app(None).await;
+    let participants = Participants::start(&app.names, 3, step1_silent()).await;
+    let id = app.start_saga(json!({})).await;
+    first_command(&participants, id, "s1").await;
+    let queue = partition_queue(&app.names, id);
+    delete_queue(&queue).await;
+    assert!(
+        all_consumed(std::slice::from_ref(&queue), Duration::from_secs(5)).await,
+        "the deleted partition queue is declared and consumed again within 5 s"
+    );
+    answer_step1_on(&app, &participants, id, &queue).await;
+    participants.close().await;
+}
+
+#[actix_web::test]
+async fn a_partition_channel_closed_by_a_channel_error_is_reopened_and_every_queue_consumed_again()
+{
+    let app = spawn_app(None).await;
+    let participants = Participants::start(&app.names, 3, step1_silent()).await;
+    let id = app.start_saga(json!({})).await;
+    first_command(&participants, id, "s1").await;
+    let queue = partition_queue(&app.names, id);
+    // Every partition consumer shares one channel: a 406 on it ends them all.
+    let before = provoke_channel_error(&queue).await;
+    let moved = wait_until(Duration::from_secs(5), || async {
+        consumer_channel(&queue)
+            .await
+            .is_some_and(|pid| pid != before)
+    })
+    .await;
+    assert!(moved, "the partition's queue is consumed on a new channel");
+    let every: Vec<String> = (0..64)
+        .map(|p| format!("{}.p{p}", app.names.reply_queue))
+        .collect();
+    assert!(
+        all_consumed(&every, Duration::from_secs(5)).await,
+        "every partition queue is consumed again"
+    );
+    answer_step1_on(&app, &participants, id, &queue).await;
+    participants.close().await;
+}
+
+#[actix_web::test]
+async fn the_shared_reply_queue_deleted_or_its_channel_closed_is_consumed_again_within_five_seconds(
+) {
+    let app = spawn_app(None).await;
+    let participants = Participants::start(&app.names, 3, always_done()).await;
+    let queue = app.names.reply_queue.clone();
+    delete_queue(&queue).await;
+    assert!(
+        all_consumed(std::slice::from_ref(&queue), Duration::from_secs(5)).await,
+        "the deleted reply queue is declared and consumed again within 5 s"
+    );
+    let id = app.start_saga(json!({})).await;
+    assert!(
+        app.wait_status(id, "completed", Duration::from_secs(15))
+            .await
+    );
+    let before = provoke_channel_error(&queue).await;
+    let moved = wait_until(Duration::from_secs(5), || async {
+        consumer_channel(&queue)
+            .await
+            .is_some_and(|pid| pid != before)
+    })
+    .await;
+    assert!(moved, "the reply queue is consumed on a new channel");
+    let id = app.start_saga(json!({})).await;
+    assert!(
+        app.wait_status(id, "completed", Duration::from_secs(15))
+            .await
+    );
+    participants.close().await;
+}
