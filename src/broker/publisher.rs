@@ -76,7 +76,32 @@ impl Broker {
             );
             props = props.with_headers(headers);
         }
-        self.publish("", queue, body, props, Routing::Optional)
+        // Mandatory: a command queue deleted under a running saga is declared again and the
+        // command published there, not confirmed and dropped (which would use up attempts).
+        self.publish_declaring(queue, body, props).await
+    }
+
+    /// Publishes to a queue on the default exchange (mandatory); a queue that is gone is
+    /// declared again (durable, the configured type) and the message published once more.
+    async fn publish_declaring(
+        &self,
+        queue: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), BrokerError> {
+        let sent = self
+            .publish("", queue, body, props.clone(), Routing::Mandatory)
+            .await;
+        if !matches!(sent, Err(BrokerError::Unroutable(_))) {
+            return sent;
+        }
+        log::warn!("queue {queue} is gone: declaring it again");
+        let links = self.current().ok_or(BrokerError::NotConnected)?;
+        let mut declarer = Declarer::open(&links.connection, self.topology.queue_type).await?;
+        let declared = declarer.queue(queue).await;
+        declarer.close().await;
+        declared?;
+        self.publish("", queue, body, props, Routing::Mandatory)
             .await
     }
 
@@ -135,18 +160,6 @@ impl Broker {
         );
         let props = passed_on(original).with_headers(headers);
         let dlq = self.topology.dead_letter_queue();
-        let sent = self
-            .publish("", &dlq, body, props.clone(), Routing::Mandatory)
-            .await;
-        if !matches!(sent, Err(BrokerError::Unroutable(_))) {
-            return sent;
-        }
-        let links = self.current().ok_or(BrokerError::NotConnected)?;
-        let mut declarer = Declarer::open(&links.connection, self.topology.queue_type).await?;
-        let declared = declarer.queue(&dlq).await;
-        declarer.close().await;
-        declared?;
-        self.publish("", &dlq, body, props, Routing::Mandatory)
-            .await
+        self.publish_declaring(&dlq, body, props).await
     }
 }

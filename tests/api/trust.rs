@@ -378,3 +378,33 @@ async fn a_participant_cannot_answer_a_command_it_was_not_sent() {
     assert_eq!(view["version"], 2, "s2 is still pending: {view}");
     assert_eq!(view["status"], "running");
 }
+
+#[actix_web::test]
+async fn a_command_to_a_deleted_queue_is_not_dropped_the_queue_is_declared_again() {
+    let app = spawn_app(None).await;
+    let script: Script = Arc::new(|c: &Received| match c.step() {
+        "s1" => Answer::Done(json!({})),
+        _ => Answer::Silent,
+    });
+    let participants = Participants::start(&app.names, 1, script).await;
+    // s2's queue disappears (deleted by an operator, or by a participant's own clean-up).
+    let queue = app.names.queue(2);
+    {
+        let conn = lapin::Connection::connect(&amqp_url(), Default::default())
+            .await
+            .expect("connect");
+        let ch = conn.create_channel().await.expect("channel");
+        ch.queue_delete(queue.as_str().into(), Default::default())
+            .await
+            .expect("delete the queue");
+        let _ = conn.close(200, "bye".into()).await;
+    }
+    let id = app.start_saga(json!({})).await;
+    let waiting = wait_until(Duration::from_secs(10), || async {
+        queue_depth(&queue).await == 1
+    })
+    .await;
+    assert!(waiting, "s2's command waits in the queue declared again");
+    assert_eq!(app.status(id).await, "running");
+    participants.close().await;
+}
