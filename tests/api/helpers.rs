@@ -273,49 +273,53 @@ pub async fn id_held_by(names: &Names, owner: &str) -> Uuid {
     }
 }
 
-/// Runs `rabbitmqctl` with `args`; true when it succeeded.
-pub fn rabbitmqctl(args: &[&str]) -> bool {
-    std::process::Command::new("rabbitmqctl")
+/// Runs `rabbitmqctl` with `args`; true when it succeeded. Async: the app under test shares
+/// the test's thread, and a blocking wait would freeze it.
+pub async fn rabbitmqctl(args: &[&str]) -> bool {
+    tokio::process::Command::new("rabbitmqctl")
         .args(args)
         .output()
+        .await
         .map(|o| o.status.success())
         .unwrap_or(false)
 }
 
 /// A RabbitMQ policy that makes a queue refuse (nack) every publish: as the broker does
-/// when it is out of resources. Cleared when dropped.
+/// when it is out of resources. Cleared when lifted (or, as a last resort, when dropped).
 pub struct RefusePublishes(String);
 
 impl RefusePublishes {
     /// Applies it to `queue` only.
-    pub fn on(queue: &str) -> Self {
+    pub async fn on(queue: &str) -> Self {
         let name = format!("refuse-{queue}");
         let pattern = format!("^{queue}$");
-        assert!(
-            rabbitmqctl(&[
-                "set_policy",
-                "--apply-to",
-                "queues",
-                "--priority",
-                "99",
-                &name,
-                &pattern,
-                r#"{"max-length":0,"overflow":"reject-publish"}"#,
-            ]),
-            "rabbitmqctl set_policy"
-        );
+        let set = rabbitmqctl(&[
+            "set_policy",
+            "--apply-to",
+            "queues",
+            "--priority",
+            "99",
+            &name,
+            &pattern,
+            r#"{"max-length":0,"overflow":"reject-publish"}"#,
+        ])
+        .await;
+        assert!(set, "rabbitmqctl set_policy");
         RefusePublishes(name)
     }
 
     /// Lifts it now.
-    pub fn lift(&self) {
-        rabbitmqctl(&["clear_policy", &self.0]);
+    pub async fn lift(&self) {
+        rabbitmqctl(&["clear_policy", &self.0]).await;
     }
 }
 
 impl Drop for RefusePublishes {
     fn drop(&mut self) {
-        self.lift();
+        // Only reached blocking when a test failed before lifting it; clearing twice is harmless.
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["clear_policy", &self.0])
+            .output();
     }
 }
 

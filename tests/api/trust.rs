@@ -90,7 +90,7 @@ async fn a_send_the_broker_refuses_is_not_an_attempt() {
     let names = Names::new();
     write_definitions(&names, &[steps(&names, 2, 500, 1)]);
     create_database(&names).await;
-    let refuse = RefusePublishes::on(&names.queue(2));
+    let refuse = RefusePublishes::on(&names.queue(2)).await;
     let app = start_app(names, true).await;
     let participants = Participants::start(&app.names, 2, always_done()).await;
     let id = app.start_saga(json!({})).await;
@@ -107,7 +107,7 @@ async fn a_send_the_broker_refuses_is_not_an_attempt() {
         !events(&view).iter().any(|e| e == "step_timed_out"),
         "{view}"
     );
-    refuse.lift();
+    refuse.lift().await;
     assert!(
         app.wait_status(id, "completed", Duration::from_secs(20))
             .await,
@@ -140,7 +140,7 @@ async fn a_rehydrated_resend_never_arrives_after_the_compensate_that_followed_it
     assert!(sent, "s2 sent");
     first.stop().await;
     // The broker refuses commands for s2 while the next instance rehydrates and re-sends.
-    let refuse = RefusePublishes::on(&names.queue(2));
+    let refuse = RefusePublishes::on(&names.queue(2)).await;
     let second = start_app(names, true).await;
     let r = second
         .http
@@ -149,7 +149,7 @@ async fn a_rehydrated_resend_never_arrives_after_the_compensate_that_followed_it
         .await
         .expect("abort");
     assert_eq!(r.status(), 202);
-    refuse.lift();
+    refuse.lift().await;
     assert!(
         second
             .wait_status(id, "compensated", Duration::from_secs(20))
