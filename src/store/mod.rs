@@ -4,6 +4,7 @@ mod definitions;
 pub mod leases;
 mod migrations;
 pub mod queries;
+pub mod retention;
 mod snapshots;
 
 use std::time::Duration;
