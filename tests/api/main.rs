@@ -16,5 +16,7 @@ mod passivation;
 mod quarantine;
 mod replies;
 mod restart;
+mod retention;
+mod saga_view;
 mod trace;
 mod ui;
