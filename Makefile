@@ -26,7 +26,7 @@ LOCAL_DATABASE_URL := postgres://postgres@127.0.0.1:5432/postgres
 # Extra arguments: make test TEST_ARGS='saga::'; make bench BENCH_ONLY=classic BENCH_RUNS=1.
 TEST_ARGS ?=
 
-.PHONY: help services toolchain build migrate run test lint bench list-bench chaos image up down
+.PHONY: help services toolchain build migrate run test lint bench list-bench retention-bench chaos image up down
 
 help:
 	@echo 'saga-service make targets:'
@@ -41,6 +41,8 @@ help:
 	@echo '  bench      services + build, then scripts/bench.sh (every workload; BENCH_RUNS, BENCH_SAGAS, BENCH_ONLY)'
 	@echo '  list-bench services + build, then scripts/list-bench.sh: GET /sagas latency and plans at'
 	@echo '             1,000,000 sagas in a scratch database (LIST_BENCH_ROWS, LIST_BENCH_REPS, LIST_BENCH_KEEP)'
+	@echo '  retention-bench services + build, then scripts/retention-bench.sh: the happy path with and'
+	@echo '             without a retention sweep deleting 1,000,000 finished sagas (RETENTION_BENCH_ROWS, _SAGAS, _RUNS)'
 	@echo '  chaos      services, then the ignored chaos tests (cargo test --release --test chaos)'
 	@echo '  image      docker build -f docker/Dockerfile -t $(IMAGE) .'
 	@echo '  up / down  docker compose -f docker/compose.yaml up --build / down'
@@ -86,6 +88,9 @@ bench: services build
 
 list-bench: services build
 	bash scripts/list-bench.sh
+
+retention-bench: services build
+	bash scripts/retention-bench.sh
 
 chaos: services toolchain
 	$(CARGO) test --release --test chaos -- --ignored --test-threads=1 --nocapture

@@ -122,12 +122,13 @@ pub async fn trim_instances(pool: &Pool) -> Result<u64, StoreError> {
 }
 
 /// Exact counts of the statuses the partial indexes of unfinished sagas cover (`running`,
-/// `compensating`, `failed`: `sagas_unfinished_idx`, `sql/0001_init.sql`), so the count
-/// reads those few rows, not the table. Statuses with no saga are absent.
+/// `compensating`, `failed`: `sagas_unfinished_idx`, `sql/0001_init.sql`): those few
+/// rows are read from an index (their ranges of `sagas_status_created_idx`, index only,
+/// or the partial one), never the table. Statuses with no saga are absent.
 ///
-/// The list is literal, not a parameter: the planner only uses a partial index when it can
-/// prove the query's predicate implies the index's. PAUSED: when `paused` joins the partial
-/// indexes (another branch), add it here too.
+/// The list is literal, not a parameter, so that the planner can also prove a partial
+/// index applies. PAUSED: when `paused` joins the partial indexes (another branch), add it
+/// here and to `housekeeping::COUNTED`.
 pub async fn count_unfinished(pool: &Pool) -> Result<Vec<(String, i64)>, StoreError> {
     let client = pool.get().await?;
     let stmt = client
