@@ -169,16 +169,18 @@ left=$(sql -c "SELECT count(*) FROM sagas WHERE created_at < now() - interval '1
 total=$(deleted)
 events=$(metric 'saga_retention_deleted_total{table="saga_events"}')
 
-field() { awk -v l="[$1]" -v f="$2" 'index($0, l) {for (i=1;i<=NF;i++) {split($i,a,"="); if (a[1]==f) print a[2]}}' "$RESULTS" | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
-sweep_rate() { awk -v l="[$1]" 'index($0, "sweep during " l) {print $(NF-1)}' "$RESULTS" | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+# One table row per run: its saga-bench line and the sweep's rate during it.
 {
-    echo "Happy path, $SAGAS sagas x $RUNS runs (medians), 1,000 in flight, on $ROWS pre-loaded finished sagas ($((ROWS * 4)) history rows)"
-    printf '| %-38s | %9s | %7s | %7s | %7s | %15s |\n' "" "sagas/s" "p50 ms" "p95 ms" "p99 ms" "swept sagas/s"
-    printf '|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..40})" ----------- --------- --------- --------- -----------------
-    for l in no-sweep sweeping; do
-        name=$([[ $l == no-sweep ]] && echo "SAGA_RETENTION=0 (no sweep)" || echo "SAGA_RETENTION=1d, sweeping the backlog")
-        printf '| %-38s | %9s | %7s | %7s | %7s | %15s |\n' "$name" "$(field "$l" sagas_per_s)" "$(field "$l" p50_ms)" \
-            "$(field "$l" p95_ms)" "$(field "$l" p99_ms)" "$(sweep_rate "$l")"
-    done
+    echo "Happy path, $SAGAS sagas per run, 1,000 in flight, on $ROWS pre-loaded finished sagas ($((ROWS * 4)) history rows)"
+    printf '| %-40s | %7s | %7s | %7s | %7s | %13s |\n' run "sagas/s" "p50 ms" "p95 ms" "p99 ms" "swept sagas/s"
+    printf '|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..42})" --------- --------- --------- --------- ---------------
+    awk '/^workload=/ {
+            for (i = 1; i <= NF; i++) { split($i, a, "="); v[a[1]] = a[2] }
+            label = ($0 ~ /\[no-sweep\]/) ? "SAGA_RETENTION=0 (no sweep)" : "SAGA_RETENTION=1d, sweeping the backlog"
+            n[label]++
+         }
+         /^sweep during/ {
+            printf "| %-40s | %7s | %7s | %7s | %7s | %13s |\n", label " #" n[label], v["sagas_per_s"], v["p50_ms"], v["p95_ms"], v["p99_ms"], $(NF-1)
+         }' "$RESULTS"
     echo "Sweep: $total sagas and $events history rows deleted in $(echo "$sweep_t1 - $sweep_t0" | bc | xargs printf '%.0f') s from the restart, $left expired left; one batch of 1,000 at full size ${batch_ms} ms ($batch_index)"
 } | tee "$OUT/summary.md"
