@@ -20,3 +20,4 @@ mod retention;
 mod saga_view;
 mod trace;
 mod ui;
+mod ui_history;
