@@ -31,7 +31,7 @@ TEST_ARGS ?=
 export NEMESIS_SECS ?= 300
 export NEMESIS_SEED ?=
 
-.PHONY: help services toolchain build migrate run test lint bench list-bench chaos nemesis image up down
+.PHONY: help services toolchain build migrate run test lint bench list-bench retention-bench chaos nemesis image up down
 
 help:
 	@echo 'saga-service make targets:'
@@ -46,6 +46,9 @@ help:
 	@echo '  bench      services + build, then scripts/bench.sh (every workload; BENCH_RUNS, BENCH_SAGAS, BENCH_ONLY)'
 	@echo '  list-bench services + build, then scripts/list-bench.sh: GET /sagas latency and plans at'
 	@echo '             1,000,000 sagas in a scratch database (LIST_BENCH_ROWS, LIST_BENCH_REPS, LIST_BENCH_KEEP)'
+	@echo '  retention-bench services + build, then scripts/retention-bench.sh: the happy path with and'
+	@echo '             without a retention sweep deleting 1,000,000 finished sagas (RETENTION_BENCH_ROWS, _SAGAS, _RUNS)'
+	@echo '  chaos      services, then the ignored chaos tests (cargo test --release --test chaos)'
 	@echo '  chaos      services, then every ignored chaos test (cargo test --release --test chaos), the'
 	@echo '             nemesis included (NEMESIS_SECS, default 300; NEMESIS_SEED to replay a schedule)'
 	@echo '  nemesis    services, then the nemesis alone (NEMESIS_SECS, NEMESIS_SEED)'
@@ -93,6 +96,9 @@ bench: services build
 
 list-bench: services build
 	bash scripts/list-bench.sh
+
+retention-bench: services build
+	bash scripts/retention-bench.sh
 
 chaos: services toolchain
 	$(CARGO) test --release --test chaos -- --ignored --test-threads=1 --nocapture

@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::broker::AmqpTls;
-use crate::domain::{load_definitions, SagaDefinition};
+use crate::domain::{load_definitions, Retention, SagaDefinition};
 
 mod database;
 #[cfg(test)]
@@ -148,6 +148,10 @@ pub struct ServeArgs {
     /// Milliseconds between lease renewals (and rebalancing checks); below SAGA_LEASE_MS.
     #[arg(long, env = "SAGA_LEASE_RENEW_MS", default_value_t = 1_000)]
     pub lease_renew_ms: u64,
+    /// Completed and compensated sagas are deleted, with their history, this long after
+    /// their last transition: `<n>s`, `<n>m`, `<n>h` or `<n>d`; `0` keeps them for ever.
+    #[arg(long, env = "SAGA_RETENTION", default_value = "30d")]
+    pub retention: String,
 }
 
 /// Flags of the participant stub (`saga-service stub` and `saga-stub`).
@@ -226,6 +230,8 @@ pub struct Settings {
     pub admin_token: Option<String>,
     /// Partitioned ownership among instances.
     pub cluster: ClusterSettings,
+    /// How long finished sagas are kept.
+    pub retention: Retention,
 }
 
 /// How this instance shares the sagas with others on the same database.
@@ -292,8 +298,10 @@ impl ServeArgs {
             }
         };
         let cluster = self.cluster_settings()?;
+        let retention = Retention::parse(&self.retention).map_err(ConfigError)?;
         Ok(Settings {
             cluster,
+            retention,
             database,
             amqp_url,
             amqp_tls,
@@ -401,6 +409,10 @@ mod tests {
         assert_eq!(s.reply_queue, "responses");
         assert_eq!(s.http_addr.port(), 3000);
         assert_eq!(s.definitions.len(), 1);
+        assert_eq!(
+            s.retention,
+            Retention::after(Duration::from_secs(30 * 86_400))
+        );
     }
 
     #[test]
@@ -419,6 +431,11 @@ mod tests {
         assert!(e.0.contains("SAGA_LEASE_RENEW_MS"), "{e}");
         let e = args(&["--instance-id", " "]).unwrap_err();
         assert!(e.0.contains("SAGA_INSTANCE_ID"), "{e}");
+        let e = args(&["--retention", "30"]).unwrap_err();
+        assert!(
+            e.0.contains("SAGA_RETENTION") && e.0.contains("`30`"),
+            "{e}"
+        );
     }
 
     #[test]

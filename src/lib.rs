@@ -5,6 +5,7 @@ pub mod broker;
 pub mod cluster;
 pub mod config;
 pub mod domain;
+pub mod housekeeping;
 pub mod http;
 pub mod logging;
 pub mod metrics;

@@ -34,8 +34,13 @@ pub struct Metrics {
     pub saga_seconds: HistogramVec,
     /// Publish to broker confirm, seconds.
     pub confirm_seconds: Histogram,
-    /// Sagas per status in PostgreSQL (refreshed every 15 s).
+    /// Unfinished and failed sagas per status in PostgreSQL, exported by the holder of
+    /// partition 0 only and refreshed every 15 s (`crate::housekeeping`); completed and
+    /// compensated sagas are not counted (README "Metrics").
     pub sagas_by_status: IntGaugeVec,
+    /// Rows deleted by the retention sweep, by table (`sagas`, `saga_events`,
+    /// `saga_quarantine`, `saga_instances`).
+    pub retention_deleted: IntCounterVec,
     /// Partitions this instance holds.
     pub partitions_held: IntGauge,
     /// Partition leases acquired, lost (taken by another) and released (rebalancing).
@@ -122,7 +127,10 @@ impl Metrics {
         )?;
         registry.register(Box::new(confirm_seconds.clone()))?;
         let sagas_by_status = IntGaugeVec::new(
-            Opts::new("saga_sagas", "Sagas per status in PostgreSQL"),
+            Opts::new(
+                "saga_sagas",
+                "Unfinished and failed sagas per status in PostgreSQL (holder of partition 0 only)",
+            ),
             &["status"],
         )?;
         registry.register(Box::new(sagas_by_status.clone()))?;
@@ -139,8 +147,14 @@ impl Metrics {
             "Lifecycle events published from the outbox and confirmed by the broker",
         )?;
         registry.register(Box::new(events_announced.clone()))?;
+        let retention_deleted = counter(
+            "saga_retention_deleted_total",
+            "Rows deleted by the retention sweep",
+            &["table"],
+        )?;
         Ok(Metrics {
             events_announced,
+            retention_deleted,
             partitions_held,
             partition_changes,
             registry,

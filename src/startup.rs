@@ -1,5 +1,6 @@
 //! Builds the service: HTTP first (so `/liveness` answers at once), then in the background
-//! PostgreSQL, migrations, definitions, RabbitMQ, rehydration, and the reply consumer.
+//! PostgreSQL, migrations, definitions, RabbitMQ, rehydration, the reply consumer, and
+//! the upkeep of the database (retention, status gauges).
 
 use std::net::TcpListener;
 use std::sync::atomic::Ordering;
@@ -17,8 +18,9 @@ use crate::broker::{Broker, ControlKey, Topology};
 use crate::cluster::lease::LeaseLoop;
 use crate::cluster::Ownership;
 use crate::config::Settings;
+use crate::housekeeping::Housekeeping;
 use crate::metrics::Metrics;
-use crate::store::{self, queries, SnapshotWriter};
+use crate::store::{self, SnapshotWriter};
 
 /// A built service, listening, not yet running.
 pub struct Application {
@@ -188,7 +190,6 @@ async fn boot(settings: Settings, state: web::Data<AppState>) {
         registry: registry.clone(),
         env: env.clone(),
     });
-    actix::spawn(refresh_status_gauges(pool.clone(), state.metrics.clone()));
     let stream = retry("connecting to RabbitMQ", || {
         broker.connect(settings.prefetch)
     })
@@ -207,6 +208,15 @@ async fn boot(settings: Settings, state: web::Data<AppState>) {
         .run(leased),
     );
     let _ = first_round.await;
+    // Retention and the status gauges: only the holder of partition 0 does either.
+    let upkeep = Housekeeping {
+        pool: pool.clone(),
+        ownership: env.ownership.clone(),
+        metrics: state.metrics.clone(),
+        drain: state.drain.clone(),
+    };
+    actix::spawn(upkeep.clone().run_retention(settings.retention));
+    actix::spawn(upkeep.run_status_gauges());
     let mut stopped = start_consumer(&env, &registry, stream);
     state.rehydrated.store(true, Ordering::Release);
     log::info!(
@@ -244,25 +254,6 @@ async fn boot(settings: Settings, state: web::Data<AppState>) {
         stopped = start_consumer(&env, &registry, stream);
         // The lease loop consumes the partition queues on the new connection at once.
         env.ownership.recheck();
-    }
-}
-
-/// Keeps the `saga_sagas{status}` gauges up to date.
-async fn refresh_status_gauges(pool: deadpool_postgres::Pool, metrics: Metrics) {
-    loop {
-        if let Ok(counts) = queries::count_by_status(&pool).await {
-            for status in crate::saga::Status::ALL {
-                let n = counts
-                    .iter()
-                    .find(|(s, _)| s == status.as_str())
-                    .map_or(0, |(_, n)| *n);
-                metrics
-                    .sagas_by_status
-                    .with_label_values(&[status.as_str()])
-                    .set(n);
-            }
-        }
-        tokio::time::sleep(Duration::from_secs(15)).await;
     }
 }
 

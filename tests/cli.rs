@@ -29,6 +29,7 @@ fn a_bad_value_stops_start_up_with_one_line_naming_it_and_exit_code_2() {
             "/nonexistent/defs.toml",
         ),
         (&[("SAGA_QUEUE_TYPE", "stream")], "stream"),
+        (&[("SAGA_RETENTION", "30x")], "SAGA_RETENTION"),
     ];
     for (env, named) in cases {
         let (code, stderr) = run(&["serve"], env);

@@ -1,10 +1,12 @@
-//! Domain types that parse instead of validate: saga ids and definitions.
+//! Domain types that parse instead of validate: saga ids, definitions, retention.
 
 pub mod definition;
+pub mod retention;
 pub mod saga_id;
 pub mod trace;
 
 pub use definition::{load_definitions, SagaDefinition, StepDefinition};
+pub use retention::Retention;
 pub use saga_id::SagaId;
 
 /// Whether a JSON value holds U+0000 in any string or key: PostgreSQL's jsonb and text

@@ -10,6 +10,7 @@ pub mod schemas;
 mod start;
 mod timeline;
 mod ui;
+mod view_query;
 
 use actix_web::web;
 

@@ -17,27 +17,33 @@ fn parse_id(raw: &str) -> Result<SagaId, ApiError> {
     SagaId::parse_any(raw).map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
-/// One saga with its history and its steps, by UUID or base62 code.
+/// One saga with its steps and one page of its history and quarantined replies (the
+/// latest 100 of each by default), by UUID or base62 code.
 #[utoipa::path(
     get,
     path = "/sagas/{id}",
     tag = "sagas",
     operation_id = "get_saga",
-    params(("id" = String, Path, description = "The saga's UUID or its base62 `code`")),
+    params(
+        ("id" = String, Path, description = "The saga's UUID or its base62 `code`"),
+        super::view_query::ViewQuery,
+    ),
     responses(
-        (status = 200, description = "The saga, its state and its history, oldest first", body = crate::store::SagaView,
+        (status = 200, description = "The saga, its state and one page of its history, oldest first (`history_more` says whether older rows exist)", body = crate::store::SagaView,
             headers(("ETag" = String, description = "`\"<version>\"`: give it as `If-Match` to an operator action"))),
-        (status = 400, description = "`id` is neither a UUID nor a base62 code", body = super::schemas::ErrorBody),
+        (status = 400, description = "`id` is neither a UUID nor a base62 code, or a page parameter is out of range", body = super::schemas::ErrorBody),
         (status = 404, description = "No such saga", body = super::schemas::ErrorBody),
         (status = 503, description = "PostgreSQL is unreachable", body = super::schemas::ErrorBody),
     )
 )]
 pub async fn get(
+    req: HttpRequest,
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path)?;
-    let view = queries::view(&state.pool, id.0)
+    let page = super::view_query::ViewQuery::parse(req.query_string())?;
+    let view = queries::view(&state.pool, id.0, page)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no saga {id}")))?;
     let def = state.core.get().and_then(|c| {

@@ -57,17 +57,20 @@ pub struct StepView {
 }
 
 impl SagaPage {
-    /// Adds the steps when the definition is known and the snapshot decodes.
+    /// Adds the steps when the definition is known and the snapshot decodes; their times
+    /// come from the view's landmarks, so they hold whatever page of history is shown.
     pub fn new(view: SagaView, def: Option<&SagaDefinition>) -> Self {
         let steps = def.and_then(|def| {
             let state: SagaState = serde_json::from_value(view.state.clone()).ok()?;
-            steps(&state, def, &view.history)
+            steps(&state, def, &view.landmarks)
         });
         SagaPage { view, steps }
     }
 }
 
 /// The steps of a saga, or `None` when its snapshot does not match the definition.
+/// `history` holds, oldest first, at least the saga's `started` row and each step's first
+/// `step_done` and latest row (the whole history does; `SagaView::landmarks` is just those).
 pub fn steps(
     state: &SagaState,
     def: &SagaDefinition,

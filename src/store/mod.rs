@@ -5,6 +5,8 @@ pub mod leases;
 mod migrations;
 pub mod outbox;
 pub mod queries;
+pub mod retention;
+mod saga_view;
 pub mod secret;
 mod snapshots;
 pub mod tls;
@@ -15,7 +17,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, 
 
 pub use definitions::{register_definitions, DefinitionCatalog};
 pub use migrations::{migrate, MIGRATIONS};
-pub use queries::{Cursor, HistoryRow, ListFilter, SagaRow, SagaView};
+pub use queries::{Cursor, HistoryRow, ListFilter, QuarantineRow, SagaRow, SagaView, ViewPage};
 pub use snapshots::{InsertOutcome, SnapshotWrite, SnapshotWriter, StartConflict};
 
 /// Why a store call failed.

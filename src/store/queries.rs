@@ -1,4 +1,6 @@
-//! Reads: snapshots for rehydration, one saga with its history, the paginated list.
+//! Reads: snapshots for rehydration, the paginated list (one saga: `saga_view`).
+
+pub use super::saga_view::{view, HistoryRow, QuarantineRow, SagaView, ViewPage};
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
@@ -134,28 +136,6 @@ pub async fn load_unfinished(pool: &Pool) -> Result<Vec<SagaState>, StoreError> 
         .collect())
 }
 
-/// One history row as the API shows it.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct HistoryRow {
-    /// Saga version after this transition.
-    pub version: i64,
-    /// What happened.
-    pub event: String,
-    /// Which step it concerned.
-    pub step: Option<String>,
-    /// Status after it.
-    #[schema(value_type = crate::saga::Status)]
-    pub status: String,
-    /// Error text or reason.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-    /// W3C `traceparent` of the message that caused it (the start request, a reply).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub traceparent: Option<String>,
-    /// When it was committed.
-    pub at: DateTime<Utc>,
-}
-
 /// One saga as the list shows it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct SagaRow {
@@ -178,35 +158,6 @@ pub struct SagaRow {
     pub created_at: DateTime<Utc>,
     /// Last transition time.
     pub updated_at: DateTime<Utc>,
-}
-
-/// One saga with its state and history (`GET /sagas/{id}`).
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct SagaView {
-    /// The row's columns.
-    #[serde(flatten)]
-    pub row: SagaRow,
-    /// The start payload.
-    #[schema(value_type = Object)]
-    pub payload: Value,
-    /// The full snapshot (steps, results, pending command).
-    #[schema(value_type = Object)]
-    pub state: Value,
-    /// Every transition, oldest first.
-    pub history: Vec<HistoryRow>,
-    /// Replies for this saga that could not be applied (also dead-lettered).
-    pub quarantined: Vec<QuarantineRow>,
-}
-
-/// A reply kept against its saga because it could not be applied.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct QuarantineRow {
-    /// Why it could not be applied.
-    pub reason: String,
-    /// The raw body (lossily decoded, at most 64 KiB).
-    pub body: String,
-    /// When it arrived.
-    pub at: DateTime<Utc>,
 }
 
 /// Body bytes kept in quarantine at most.
@@ -232,10 +183,12 @@ pub async fn quarantine(
     Ok(n == 1)
 }
 
-const ROW_COLUMNS: &str =
+/// The columns [`saga_row`] reads, in its order.
+pub(super) const ROW_COLUMNS: &str =
     "id, saga, definition_version, status, step, version, created_at, updated_at";
 
-fn saga_row(row: &tokio_postgres::Row) -> SagaRow {
+/// A [`SagaRow`] from a row of [`ROW_COLUMNS`].
+pub(super) fn saga_row(row: &tokio_postgres::Row) -> SagaRow {
     let id: Uuid = row.get(0);
     SagaRow {
         saga_id: id,
@@ -248,52 +201,6 @@ fn saga_row(row: &tokio_postgres::Row) -> SagaRow {
         created_at: row.get(6),
         updated_at: row.get(7),
     }
-}
-
-/// One saga with its history, if it exists.
-pub async fn view(pool: &Pool, id: Uuid) -> Result<Option<SagaView>, StoreError> {
-    let client = pool.get().await?;
-    let sql = format!("SELECT {ROW_COLUMNS}, payload, state FROM sagas WHERE id = $1");
-    let Some(row) = client.query_opt(&sql, &[&id]).await? else {
-        return Ok(None);
-    };
-    let history = client
-        .query(
-            "SELECT version, event, step, status, detail, at, traceparent FROM saga_events WHERE saga_id = $1 ORDER BY version",
-            &[&id],
-        )
-        .await?
-        .iter()
-        .map(|r| HistoryRow {
-            version: r.get(0),
-            event: r.get(1),
-            step: r.get(2),
-            status: r.get(3),
-            detail: r.get(4),
-            at: r.get(5),
-            traceparent: r.get(6),
-        })
-        .collect();
-    let quarantined = client
-        .query(
-            "SELECT reason, body, at FROM saga_quarantine WHERE saga_id = $1 ORDER BY id",
-            &[&id],
-        )
-        .await?
-        .iter()
-        .map(|r| QuarantineRow {
-            reason: r.get(0),
-            body: r.get(1),
-            at: r.get(2),
-        })
-        .collect();
-    Ok(Some(SagaView {
-        row: saga_row(&row),
-        payload: row.get(8),
-        state: row.get(9),
-        history,
-        quarantined,
-    }))
 }
 
 /// Keyset position in the list: the last row seen.

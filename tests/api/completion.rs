@@ -88,7 +88,7 @@ async fn metrics_cover_step_latency_saga_duration_confirms_and_sagas_per_status(
     .await;
     assert!(confirmed, "three publishes confirmed");
     assert!(
-        value("saga_sagas{status=\"completed\"}".into())
+        value("saga_sagas{status=\"running\"}".into())
             .await
             .is_some(),
         "status gauges are exported"

@@ -178,6 +178,7 @@ pub fn settings(names: &Names) -> Settings {
         partitions: 64,
         lease_ms: 5_000,
         lease_renew_ms: 1_000,
+        retention: "30d".into(),
     };
     args.settings().expect("valid test settings")
 }

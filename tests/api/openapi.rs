@@ -116,9 +116,16 @@ fn requests(c: &Ctx, method: &str, path: &str, status: u16) -> Vec<RequestBuilde
             vec![
                 get(up, &format!("/sagas/{done}")),
                 get(up, &format!("/sagas/{code}")),
+                get(
+                    up,
+                    &format!("/sagas/{done}?history_limit=1&history_before=3"),
+                ),
             ]
         }
-        ("get", "/sagas/{id}", 400) => vec![get(up, "/sagas/not-an-id")],
+        ("get", "/sagas/{id}", 400) => vec![
+            get(up, "/sagas/not-an-id"),
+            get(up, &format!("/sagas/{done}?history_limit=0")),
+        ],
         ("get", "/sagas/{id}", 404) => vec![get(up, &format!("/sagas/{}", Uuid::new_v4()))],
         ("get", "/sagas/{id}", 503) => vec![get(down, &format!("/sagas/{}", Uuid::new_v4()))],
         ("post", "/sagas/{id}/{action}", 202) => vec![

@@ -161,7 +161,7 @@ impl Drop for Driver {
 
 /// The Chromium and chromedriver to use: `SAGA_TEST_CHROMIUM` / `SAGA_TEST_CHROMEDRIVER`, or
 /// Debian's. Missing ones fail the test with what to install: this test never skips.
-fn browser_paths() -> (PathBuf, PathBuf) {
+pub(crate) fn browser_paths() -> (PathBuf, PathBuf) {
     let path = |var: &str, default: &str| {
         PathBuf::from(std::env::var(var).unwrap_or_else(|_| default.to_string()))
     };
@@ -247,14 +247,14 @@ fn screenshot_dir() -> PathBuf {
 }
 
 /// What the page says: the value of a JavaScript expression.
-async fn js(c: &Client, expr: &str) -> Value {
+pub(crate) async fn js(c: &Client, expr: &str) -> Value {
     c.execute(&format!("return {expr};"), vec![])
         .await
         .unwrap_or(Value::Null)
 }
 
 /// Waits until a JavaScript expression is true; fails with what it was waiting for.
-async fn until(c: &Client, what: &str, expr: &str) {
+pub(crate) async fn until(c: &Client, what: &str, expr: &str) {
     let ok = wait_until(WAIT, || async { js(c, expr).await == json!(true) }).await;
     assert!(
         ok,
@@ -263,7 +263,7 @@ async fn until(c: &Client, what: &str, expr: &str) {
     );
 }
 
-async fn click(c: &Client, css: &str) {
+pub(crate) async fn click(c: &Client, css: &str) {
     c.find(Locator::Css(css))
         .await
         .unwrap_or_else(|e| panic!("no {css}: {e}"))
@@ -294,7 +294,7 @@ async fn screenshot(c: &Client, dir: &Path, name: &str) -> Vec<u8> {
 }
 
 /// Runs `scenario` with a browser, then closes the browser and chromedriver whatever happened.
-async fn with_browser<F, Fut>(scenario: F)
+pub(crate) async fn with_browser<F, Fut>(scenario: F)
 where
     F: FnOnce(Client) -> Fut,
     Fut: Future<Output = ()>,

@@ -298,7 +298,36 @@ async function loadMore() {
 
 // ------------------------------------------------------------------ one saga: /ui/sagas/{id}
 
-const sagaState = { id: '', last: '', saga: null };
+// `older`: history rows loaded with "Load older" (GET /sagas/{id} answers the latest 100),
+// oldest first; kept across the page's refreshes, which only bring the latest page.
+const sagaState = { id: '', last: '', saga: null, older: [], loadingOlder: false };
+const HISTORY_PAGE = 100;
+
+// The loaded history, oldest first: the rows loaded with "Load older", then the latest page.
+function loadedHistory(saga) {
+  const first = saga.history.length ? saga.history[0].version : Infinity;
+  return sagaState.older.filter((h) => h.version < first).concat(saga.history);
+}
+
+async function loadOlder() {
+  const rows = loadedHistory(sagaState.saga);
+  if (!rows.length || sagaState.loadingOlder) return;
+  sagaState.loadingOlder = true;
+  try {
+    const url = `/sagas/${encodeURIComponent(sagaState.id)}?history_before=${rows[0].version}` +
+      `&history_limit=${HISTORY_PAGE}&quarantined_limit=1`;
+    const { status, body } = await getJson(url);
+    if (status !== 200) throw new Error(body && body.error ? body.error : `GET /sagas/{id} answered ${status}`);
+    const latest = sagaState.saga.history;
+    const first = latest.length ? latest[0].version : Infinity;
+    sagaState.older = body.history.concat(rows.filter((h) => h.version < first));
+    renderSaga(sagaState.saga);
+  } catch (e) {
+    showBanner(e.message);
+  } finally {
+    sagaState.loadingOlder = false;
+  }
+}
 
 function stepCard(step, index, saga) {
   const isPending = !!step.pending;
@@ -386,10 +415,18 @@ function renderSaga(saga) {
       ? el('ol', { id: 'steps' }, steps.map((s, i) => stepCard(s, i, saga)))
       : el('p', { class: 'muted' }, 'The definition of this saga is not loaded; see the history below.'));
 
-  const history = el('section', { class: 'history' }, el('h2', {}, `History (${saga.history.length})`),
+  const rows = loadedHistory(saga);
+  const total = saga.history_total === undefined ? rows.length : saga.history_total;
+  const hidden = Math.max(0, total - rows.length);
+  const older = hidden
+    ? el('p', { class: 'muted', id: 'history-hidden' }, `${hidden} older transition${hidden === 1 ? '' : 's'} not shown `,
+      el('button', { type: 'button', id: 'history-older', onclick: loadOlder },
+        `Load ${Math.min(hidden, HISTORY_PAGE)} older`))
+    : null;
+  const history = el('section', { class: 'history' }, el('h2', {}, `History (${total})`), older,
     el('table', { id: 'history' },
       el('thead', {}, el('tr', {}, ['#', 'Event · step', 'Status after', 'Detail', 'At'].map((h) => el('th', {}, h)))),
-      el('tbody', {}, saga.history.map((h) => el('tr', { data: { event: h.event, version: String(h.version) } },
+      el('tbody', {}, rows.map((h) => el('tr', { data: { event: h.event, version: String(h.version) } },
         el('td', { class: 'num' }, String(h.version)),
         el('td', {}, human(h.event), h.step ? el('div', { class: 'muted mono small' }, h.step) : null),
         el('td', {}, badge(h.status)),
@@ -397,8 +434,12 @@ function renderSaga(saga) {
         el('td', { title: h.at }, fmtTime(h.at, true)))))));
 
   const q = saga.quarantined || [];
+  const qTotal = saga.quarantined_total === undefined ? q.length : saga.quarantined_total;
+  const qHidden = Math.max(0, qTotal - q.length);
   const quarantine = el('section', { class: 'quarantine', id: 'quarantine' },
-    el('h2', {}, `Quarantined replies (${q.length})`),
+    el('h2', {}, `Quarantined replies (${qTotal})`),
+    qHidden ? el('p', { class: 'muted', id: 'quarantine-hidden' },
+      `the latest ${q.length} shown; ${qHidden} earlier not shown (GET /sagas/{id}?quarantined_before=${q.length ? q[0].id : ''})`) : null,
     q.length
       ? el('ul', {}, q.map((m) => el('li', {},
         el('div', {}, el('strong', {}, m.reason), el('span', { class: 'muted' }, ` · ${fmtTime(m.at, true)}`)),
@@ -596,6 +637,7 @@ function start() {
   const m = location.pathname.match(/^\/ui\/sagas\/([^/]+)\/?$/);
   if (m) {
     sagaState.id = decodeURIComponent(m[1]);
+    sagaState.older = [];
     $('#search-input').value = sagaState.id;
     sagaTick();
   } else {
