@@ -29,6 +29,9 @@ async fn crash_loop(sagas: usize, kills: usize) {
     let kill_at: BTreeSet<usize> = (0..kills)
         .map(|_| rng.below(sagas as u64) as usize)
         .collect();
+    // Every finished saga is announced at least once, kill -9 between commit and publish
+    // included (the outbox).
+    let observer = EventObserver::start(&run.names.saga).await;
     let mut child = ChildApp::start(&run.names, &run.http).await;
     let began = Instant::now();
     let mut recoveries: Vec<f64> = Vec::new();
@@ -56,6 +59,22 @@ async fn crash_loop(sagas: usize, kills: usize) {
         recoveries.iter().cloned().fold(0.0, f64::max)
     );
     run.check_effects(&fails).await;
+    let unannounced = || {
+        let seen: BTreeSet<String> = observer
+            .all()
+            .iter()
+            .filter_map(|e| e["saga_id"].as_str().map(str::to_string))
+            .collect();
+        ids.iter()
+            .filter(|id| !seen.contains(&id.to_string()))
+            .count()
+    };
+    let announced = wait_until(Duration::from_secs(30), || async { unannounced() == 0 }).await;
+    assert!(
+        announced,
+        "{} of {sagas} finished sagas never announced on saga.events",
+        unannounced()
+    );
 }
 
 #[actix_web::test]
