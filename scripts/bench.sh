@@ -3,11 +3,12 @@
 # orchestrator and stub participants against the local PostgreSQL and RabbitMQ,
 # runs every workload with saga-bench, and prints one line per run plus medians.
 # Knobs: BENCH_RUNS (3), BENCH_SAGAS (20000), BENCH_IDLE_SAGAS (100000), BENCH_PORT (3100),
+# BENCH_BIN (target/release: the binaries to measure, e.g. another build for a before/after),
 # BENCH_ONLY (space-separated subset of: classic quorum steps10 payload rehydrate instances).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-BIN=target/release
+BIN=${BENCH_BIN:-target/release}
 PORT=${BENCH_PORT:-3100}
 RUNS=${BENCH_RUNS:-3}
 SAGAS=${BENCH_SAGAS:-20000}

@@ -78,6 +78,7 @@ impl Housekeeping {
         for status in DELETABLE {
             let mut from = Position::start();
             while self.in_charge() {
+                let batch_started = Instant::now();
                 let d = retention::delete_expired_batch(
                     &self.pool,
                     status,
@@ -96,6 +97,9 @@ impl Housekeeping {
                     Some(next) if d.sagas >= BATCH as u64 => from = next,
                     _ => break,
                 }
+                // Paced: as long a rest as the batch took, so a backlog is worked off on at
+                // most half of one connection and transitions keep their share of the database.
+                tokio::time::sleep(batch_started.elapsed()).await;
             }
         }
         if total.sagas > 0 {
