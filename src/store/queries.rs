@@ -70,10 +70,14 @@ pub async fn load_unfinished_in(
             &[&partitions, &(n as i32)],
         )
         .await?;
-    // One snapshot that does not decode must not keep the partition's other sagas from
-    // being driven: it is logged (and shows on `GET /sagas/{id}`) and left for an operator.
-    Ok(rows
-        .into_iter()
+    Ok(decode_drivable(rows))
+}
+
+/// The snapshots of `(id, state)` rows. One that does not decode must not keep the other
+/// sagas from being driven: it is logged (and shows on `GET /sagas/{id}`) and left for an
+/// operator.
+fn decode_drivable(rows: Vec<tokio_postgres::Row>) -> Vec<SagaState> {
+    rows.into_iter()
         .filter_map(|row| {
             let id: Uuid = row.get(0);
             match decode(id, row.get(1)) {
@@ -84,7 +88,7 @@ pub async fn load_unfinished_in(
                 }
             }
         })
-        .collect())
+        .collect()
 }
 
 /// Running sagas of some partitions started in the last ten minutes that have not moved
@@ -108,32 +112,6 @@ pub async fn unadvanced_in(
         )
         .await?;
     Ok(rows.into_iter().map(|row| row.get(0)).collect())
-}
-
-/// Every saga that is not finished (running, compensating or failed).
-pub async fn load_unfinished(pool: &Pool) -> Result<Vec<SagaState>, StoreError> {
-    let client = pool.get().await?;
-    let rows = client
-        .query(
-            "SELECT id, state FROM sagas WHERE status IN ('running', 'compensating', 'failed')",
-            &[],
-        )
-        .await?;
-    // One snapshot that does not decode must not keep the partition's other sagas from
-    // being driven: it is logged (and shows on `GET /sagas/{id}`) and left for an operator.
-    Ok(rows
-        .into_iter()
-        .filter_map(|row| {
-            let id: Uuid = row.get(0);
-            match decode(id, row.get(1)) {
-                Ok(state) => Some(state),
-                Err(e) => {
-                    log::error!("saga={id} step=- snapshot does not decode, not driven: {e}");
-                    None
-                }
-            }
-        })
-        .collect())
 }
 
 /// One saga as the list shows it.
