@@ -263,6 +263,25 @@ pub fn check_amqp_url(url: &str) -> Result<String, ConfigError> {
         })
 }
 
+/// The URL with an AMQP `heartbeat` of half the lease (at least 1 s) unless it names one.
+/// A process frozen or cut off holds the replies prefetched by its consumers until the
+/// broker declares it dead; with the server's default (60 s) that outlasts the lease by far
+/// and the steps behind those replies time out on the instance that took over. With a
+/// heartbeat of half the lease the broker closes the dead connection, and hands its
+/// unacked replies to the live instances, about when the lease expires.
+pub fn with_heartbeat(url: &str, lease: std::time::Duration) -> String {
+    let has_query = url.contains('?');
+    if url
+        .split_once('?')
+        .is_some_and(|(_, q)| q.split('&').any(|kv| kv.starts_with("heartbeat=")))
+    {
+        return url.to_string();
+    }
+    let secs = (lease.as_secs() / 2).max(1);
+    let sep = if has_query { '&' } else { '?' };
+    format!("{url}{sep}heartbeat={secs}")
+}
+
 /// Reads `SAGA_AMQP_CA_FILE`, naming it on failure.
 pub fn amqp_tls(ca_file: Option<&std::path::Path>) -> Result<AmqpTls, ConfigError> {
     AmqpTls::from_ca_file(ca_file)
@@ -298,6 +317,7 @@ impl ServeArgs {
             }
         };
         let cluster = self.cluster_settings()?;
+        let amqp_url = with_heartbeat(&amqp_url, cluster.lease);
         let retention = Retention::parse(&self.retention).map_err(ConfigError)?;
         Ok(Settings {
             cluster,
@@ -436,6 +456,26 @@ mod tests {
             e.0.contains("SAGA_RETENTION") && e.0.contains("`30`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_amqp_heartbeat_is_half_the_lease_unless_the_url_names_one() {
+        let lease = std::time::Duration::from_secs(5);
+        assert_eq!(
+            with_heartbeat("amqp://g:g@h:5672/%2f", lease),
+            "amqp://g:g@h:5672/%2f?heartbeat=2"
+        );
+        assert_eq!(
+            with_heartbeat("amqp://h/%2f?frame_max=8192", lease),
+            "amqp://h/%2f?frame_max=8192&heartbeat=2"
+        );
+        assert_eq!(
+            with_heartbeat("amqp://h/%2f?heartbeat=30", lease),
+            "amqp://h/%2f?heartbeat=30"
+        );
+        let short = std::time::Duration::from_millis(1500);
+        assert!(with_heartbeat("amqp://h", short).ends_with("heartbeat=1"));
+        assert!(check_amqp_url(&with_heartbeat("amqp://h/%2f", lease)).is_ok());
     }
 
     #[test]

@@ -141,7 +141,7 @@ async fn an_instance_frozen_past_its_lease_acts_on_nothing_it_held_once_resumed(
 /// declared dead: unless they come back to a live consumer in time (AMQP heartbeat, consumer
 /// time-out, per-instance reply queues...), sagas time out and compensate completed steps.
 #[actix_web::test]
-#[ignore = "asks more than the lease fixes: make chaos"]
+#[ignore = "full set-up: make chaos"]
 async fn replies_taken_by_a_frozen_instance_reach_a_live_one_before_a_step_times_out() {
     frozen_past_the_lease(300, 3 * lease(), (2_000, 4)).await;
 }
