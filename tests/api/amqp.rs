@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
 use saga_service::cluster::partition_of;
 use uuid::Uuid;
 
@@ -21,23 +21,6 @@ pub async fn connect() -> Connection {
     Connection::connect(&amqp_url(), ConnectionProperties::default())
         .await
         .expect("connect to RabbitMQ")
-}
-
-/// Publishes on the default exchange with these properties (persistent); true once confirmed.
-pub async fn publish_with(ch: &Channel, queue: &str, body: &[u8], props: BasicProperties) -> bool {
-    match ch
-        .basic_publish(
-            ShortString::from(""),
-            ShortString::from(queue),
-            BasicPublishOptions::default(),
-            body,
-            props.with_delivery_mode(2),
-        )
-        .await
-    {
-        Ok(confirm) => confirm.await.is_ok(),
-        Err(_) => false,
-    }
 }
 
 /// Properties of a forged hand-over: AMQP `type` = `saga.control`, and a signature header if given.

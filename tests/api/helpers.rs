@@ -678,7 +678,7 @@ pub async fn publish_reply(
         );
         props = props.with_headers(headers);
     }
-    publish(ch, queue, body, props).await
+    publish_with(ch, queue, body, props).await
 }
 
 /// Publishes a raw reply body (persistent) to a queue on the default exchange.
@@ -692,11 +692,12 @@ pub async fn publish_raw(
     if let Some(c) = correlation_id {
         props = props.with_correlation_id(ShortString::from(c));
     }
-    publish(ch, queue, body, props).await
+    publish_with(ch, queue, body, props).await
 }
 
-/// Publishes persistently on the default exchange; true once the broker took it.
-async fn publish(ch: &Channel, queue: &str, body: &[u8], props: BasicProperties) -> bool {
+/// Publishes on the default exchange with these properties (persistent); true once the
+/// broker took it.
+pub async fn publish_with(ch: &Channel, queue: &str, body: &[u8], props: BasicProperties) -> bool {
     match ch
         .basic_publish(
             ShortString::from(""),
