@@ -209,6 +209,9 @@ impl SagaActor {
         let handle = ctx.run_later(Duration::from_millis(after_ms), move |act, ctx| {
             act.timer = None;
             act.armed = None;
+            // Not idle: a passivation check in the same poll must not stop the actor (and
+            // drop this event) before the event is handled.
+            act.last_activity = Instant::now();
             ctx.notify(ApplyEvent::new(Event::TimerFired {
                 command_id,
                 generation,

@@ -167,6 +167,14 @@ impl LeaseLoop {
             log::info!("SAGA_INSTANCE_ID {instance} is free again: taking partitions");
             ownership.set_twin(false);
         }
+        // A lease that lapsed locally is not renewed in place, even if nobody took it: its
+        // sagas may have dropped timers or sends meanwhile (nothing is acted on past the local
+        // expiry). It is dropped and taken back under a new epoch, which reloads its sagas.
+        let lapsed = ownership.expired();
+        if !lapsed.is_empty() {
+            log::warn!("partitions {lapsed:?}: lease lapsed locally; reloading them");
+            self.drop_partitions(&lapsed, "expired").await;
+        }
         let held = ownership.recorded();
         let sent_renew = std::time::Instant::now();
         let kept = leases::renew(&self.pool, &instance, &held, lease).await?;
@@ -248,6 +256,10 @@ impl LeaseLoop {
             return;
         }
         let parts = self.unloaded.clone();
+        let epochs: Vec<(u32, i64)> = parts
+            .iter()
+            .filter_map(|&p| ownership.epoch(p).map(|e| (p, e)))
+            .collect();
         self.loading = Some(parts.clone());
         // The main pool: loading is the work of the service, not of the lease.
         let pool = self.env.writer.pool().clone();
@@ -255,7 +267,7 @@ impl LeaseLoop {
         let registry = self.registry.clone();
         let done = self.loaded_tx.clone();
         actix::spawn(async move {
-            let ok = match load_partitions(&pool, &env, &registry, &parts).await {
+            let ok = match load_partitions(&pool, &env, &registry, &epochs).await {
                 Ok(()) => true,
                 Err(e) => {
                     log::warn!("loading the sagas of partitions {parts:?} failed: {e}; next round");
@@ -320,12 +332,15 @@ impl LeaseLoop {
         for &p in parts {
             self.env.ownership.clear(p);
         }
+        // The registry first: were the round cut short while the broker hangs, the sagas
+        // must still be forgotten here (a later take-over reloads them from scratch).
+        let _ = self.registry.send(ReleasePartitions(parts.to_vec())).await;
         for p in parts {
             if let Some(c) = self.consumers.remove(p) {
-                self.env.broker.cancel_partition(&c.consumer).await;
+                let cancel = self.env.broker.cancel_partition(&c.consumer);
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), cancel).await;
             }
         }
-        let _ = self.registry.send(ReleasePartitions(parts.to_vec())).await;
         self.env
             .metrics
             .partition_changes
@@ -359,8 +374,9 @@ async fn load_partitions(
     pool: &Pool,
     env: &Env,
     registry: &Addr<Registry>,
-    parts: &[u32],
+    epochs: &[(u32, i64)],
 ) -> Result<(), StoreError> {
+    let parts: Vec<u32> = epochs.iter().map(|&(p, _)| p).collect();
     let ids: Vec<i32> = parts.iter().map(|&p| p as i32).collect();
     let states = queries::load_unfinished_in(pool, &ids, env.ownership.partitions()).await?;
     let versions: std::collections::BTreeSet<(String, i32)> = states
@@ -369,6 +385,14 @@ async fn load_partitions(
         .collect();
     for (name, version) in versions {
         env.catalog.fetch(pool, &name, version).await?;
+    }
+    // Loaded under these leases: if one changed hands (or was dropped and taken again)
+    // meanwhile, these snapshots may be stale; the partition is loaded again.
+    if epochs
+        .iter()
+        .any(|&(p, e)| env.ownership.epoch(p) != Some(e))
+    {
+        return Err(StoreError::NotOwner(uuid::Uuid::nil()));
     }
     let total = states.len();
     let n = registry

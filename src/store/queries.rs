@@ -336,3 +336,21 @@ pub async fn event_at(pool: &Pool, id: Uuid, version: i64) -> Result<Option<Stri
     let row = client.query_opt(&stmt, &[&id, &version]).await?;
     Ok(row.map(|r| r.get(0)))
 }
+
+/// Whether the saga has a history row after `version` with one of `events`.
+pub async fn event_after(
+    pool: &Pool,
+    id: Uuid,
+    version: i64,
+    events: &[&str],
+) -> Result<bool, StoreError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM saga_events
+                             WHERE saga_id = $1 AND version > $2 AND event = ANY($3))",
+        )
+        .await?;
+    let row = client.query_one(&stmt, &[&id, &version, &events]).await?;
+    Ok(row.get(0))
+}
