@@ -809,15 +809,14 @@ impl EventObserver {
     }
 }
 
-/// Messages waiting in a queue (declared passively).
-pub async fn queue_depth(queue: &str) -> u32 {
-    let Ok(conn) = Connection::connect(&amqp_url(), ConnectionProperties::default()).await else {
-        return 0;
-    };
-    let Ok(ch) = conn.create_channel().await else {
-        return 0;
-    };
-    let n = ch
+/// Messages waiting in a queue and its consumers (declared passively), None when it does
+/// not exist.
+pub async fn queue_stats(queue: &str) -> Option<(u32, u32)> {
+    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .ok()?;
+    let ch = conn.create_channel().await.ok()?;
+    let stats = ch
         .queue_declare(
             ShortString::from(queue),
             QueueDeclareOptions {
@@ -827,10 +826,15 @@ pub async fn queue_depth(queue: &str) -> u32 {
             FieldTable::default(),
         )
         .await
-        .map(|q| q.message_count())
-        .unwrap_or(0);
+        .ok()
+        .map(|q| (q.message_count(), q.consumer_count()));
     let _ = conn.close(200, ShortString::from("bye")).await;
-    n
+    stats
+}
+
+/// Messages waiting in a queue (0 when it does not exist).
+pub async fn queue_depth(queue: &str) -> u32 {
+    queue_stats(queue).await.map_or(0, |(messages, _)| messages)
 }
 
 /// Fetches every message of a queue with basic.get: (body, headers as text).

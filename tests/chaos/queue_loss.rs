@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
-use lapin::types::{FieldTable, ShortString};
+use lapin::options::QueueDeleteOptions;
+use lapin::types::ShortString;
 use lapin::{Connection, ConnectionProperties};
 
 use crate::audit::audit;
@@ -33,24 +33,7 @@ pub async fn delete_queue(queue: &str) -> bool {
 
 /// Consumers of a queue, or None when it does not exist.
 pub async fn consumers(queue: &str) -> Option<u32> {
-    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
-        .await
-        .ok()?;
-    let ch = conn.create_channel().await.ok()?;
-    let n = ch
-        .queue_declare(
-            ShortString::from(queue),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .ok()
-        .map(|q| q.consumer_count());
-    let _ = conn.close(200, ShortString::from("bye")).await;
-    n
+    queue_stats(queue).await.map(|(_, consumers)| consumers)
 }
 
 /// A partition `owner` holds now.
