@@ -5,7 +5,7 @@ pub mod retention;
 pub mod saga_id;
 pub mod trace;
 
-pub use definition::{load_definitions, SagaDefinition, StepDefinition};
+pub use definition::{load_definitions, OnError, SagaDefinition, StepDefinition};
 pub use retention::Retention;
 pub use saga_id::SagaId;
 

@@ -132,14 +132,12 @@ mod tests {
         SagaDefinition {
             name: "trip".into(),
             version: 1,
+            deadline_ms: None,
             steps: ["flight", "hotel", "car"]
                 .iter()
                 .map(|n| StepDefinition {
-                    name: (*n).into(),
-                    queue: format!("{n}.commands"),
-                    compensate: true,
                     timeout_ms: 1000,
-                    max_attempts: 3,
+                    ..StepDefinition::new(*n, format!("{n}.commands"))
                 })
                 .collect(),
         }

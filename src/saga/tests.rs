@@ -34,15 +34,15 @@ fn def_with(steps: &[(&str, bool)], max_attempts: u32) -> SagaDefinition {
     SagaDefinition {
         name: "trip".into(),
         version: 7,
+        deadline_ms: None,
         steps: steps
             .iter()
             .enumerate()
             .map(|(i, (name, compensate))| StepDefinition {
-                name: (*name).to_string(),
-                queue: format!("q-{name}"),
                 compensate: *compensate,
                 timeout_ms: timeout_of(i),
                 max_attempts,
+                ..StepDefinition::new(*name, format!("q-{name}"))
             })
             .collect(),
     }

@@ -92,13 +92,12 @@ pub fn steps(names: &Names, n: usize, timeout_ms: u64, max_attempts: u32) -> Sag
     SagaDefinition {
         name: names.saga.clone(),
         version: 0,
+        deadline_ms: None,
         steps: (1..=n)
             .map(|i| StepDefinition {
-                name: format!("s{i}"),
-                queue: names.queue(i),
-                compensate: true,
                 timeout_ms,
                 max_attempts,
+                ..StepDefinition::new(format!("s{i}"), names.queue(i))
             })
             .collect(),
     }
@@ -106,16 +105,8 @@ pub fn steps(names: &Names, n: usize, timeout_ms: u64, max_attempts: u32) -> Sag
 
 /// Writes definitions as the TOML file `SAGA_DEFINITIONS` would name.
 pub fn write_definitions(names: &Names, defs: &[SagaDefinition]) {
-    let mut text = String::new();
-    for d in defs {
-        text.push_str(&format!("[[sagas]]\nname = \"{}\"\n", d.name));
-        for s in &d.steps {
-            text.push_str(&format!(
-                "[[sagas.steps]]\nname = \"{}\"\nqueue = \"{}\"\ncompensate = {}\ntimeout_ms = {}\nmax_attempts = {}\n",
-                s.name, s.queue, s.compensate, s.timeout_ms, s.max_attempts
-            ));
-        }
-    }
+    // Every key the definition has, optional ones included (defaults are left out).
+    let text = toml::to_string(&serde_json::json!({ "sagas": defs })).expect("definitions as TOML");
     std::fs::write(&names.defs_path, text).expect("write definitions");
 }
 
