@@ -28,6 +28,11 @@ pub struct Metrics {
     pub live_actors: IntGauge,
     /// Sagas aborted by an operator, by type.
     pub sagas_aborted: IntCounterVec,
+    /// Sagas that entered `paused`, by type.
+    pub sagas_paused: IntCounterVec,
+    /// Commands scheduled to be sent again, by reason: `timeout` (no reply in time),
+    /// `retryable_error` (a participant asked), `compensate_error` (a compensate failed).
+    pub retries: IntCounterVec,
     /// Command sent to its accepted reply, seconds, by saga type.
     pub step_seconds: HistogramVec,
     /// Start to completed/compensated/failed, seconds, by saga type.
@@ -102,6 +107,16 @@ impl Metrics {
             "Sagas aborted by an operator",
             &["saga"],
         )?;
+        let sagas_paused = counter(
+            "saga_paused_total",
+            "Sagas that entered paused (a step with on_error = pause, or past a pivot, failed)",
+            &["saga"],
+        )?;
+        let retries = counter(
+            "saga_retries_total",
+            "Commands scheduled to be sent again, by reason (timeout, retryable_error, compensate_error)",
+            &["reason"],
+        )?;
         let buckets = vec![
             0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
             60.0, 300.0,
@@ -167,6 +182,8 @@ impl Metrics {
             snapshot_seconds,
             live_actors,
             sagas_aborted,
+            sagas_paused,
+            retries,
             step_seconds,
             saga_seconds,
             confirm_seconds,

@@ -150,7 +150,7 @@ pub struct RetireSaga {
     pub addr: Addr<crate::actors::SagaActor>,
 }
 
-/// Tells the registry an idle saga actor stopped to free memory; the registry keeps its timer.
+/// Tells the registry an idle saga actor stopped to free memory; the registry keeps its timers.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Passivated {
@@ -158,8 +158,8 @@ pub struct Passivated {
     pub saga_id: Uuid,
     /// The actor that stopped.
     pub addr: Addr<crate::actors::SagaActor>,
-    /// Its armed timer, if any.
-    pub timer: Option<crate::actors::saga_actor::ArmedTimer>,
+    /// Its armed timers.
+    pub timers: Vec<crate::actors::saga_actor::ArmedTimer>,
 }
 
 /// Tells the registry a saga actor stopped after a failed commit: reload and resume it.

@@ -20,7 +20,8 @@ use super::messages::{
 };
 use super::saga_actor::encode_command;
 use super::{Env, SagaActor};
-use crate::saga::{self, Effect, Event, SagaState, TransitionError};
+use crate::domain::SagaDefinition;
+use crate::saga::{self, Effect, Event, Phase, SagaState, Status, TransitionError, DEADLINE_TIMER};
 use crate::store::{queries, StoreError};
 
 /// Where a saga's actor is.
@@ -30,12 +31,21 @@ enum Slot {
     /// Stopped to save memory (or rehydrated without an actor); reloaded from its snapshot
     /// on the next event.
     Passive {
-        /// Generation of the timer the registry holds for it, if any.
-        wake: Option<i64>,
-        /// Rehydrated, with its pending command's re-send not confirmed yet: (generation,
-        /// time-out to arm once it is).
-        resend: Option<(i64, u64)>,
+        /// The timers the registry holds for it: (command id or [`DEADLINE_TIMER`], generation).
+        wake: Held,
+        /// Rehydrated, with pending commands whose re-send is not confirmed yet.
+        resend: Vec<Unconfirmed>,
     },
+}
+
+/// Timers the registry holds for a passive saga.
+type Held = Vec<(Box<str>, i64)>;
+
+/// A rehydrated saga's re-send not confirmed yet, and the time-out to arm once it is.
+struct Unconfirmed {
+    command_id: Box<str>,
+    generation: i64,
+    after_ms: u64,
 }
 
 /// A timer of a passive saga.
@@ -48,11 +58,10 @@ struct Wake {
 }
 
 /// How a saga loaded from its snapshot is brought back.
-#[derive(Clone, Copy)]
 enum Revive {
-    /// It was being driven here a moment ago (passivated): nothing to re-send, its timer
-    /// (of this generation) is held by the registry.
-    Reactivate(Option<i64>),
+    /// It was being driven here a moment ago (passivated): nothing to re-send, its timers
+    /// (of these generations) are held by the registry.
+    Reactivate(Held),
     /// Unknown here, or its held timer does not fit its snapshot: re-send its pending
     /// command and re-arm its timer.
     Resume,
@@ -61,14 +70,27 @@ enum Revive {
 impl Revive {
     /// Reactivating is only right when the registry holds the timer the snapshot expects
     /// (the snapshot may have moved on under another owner, or the timer was never armed).
-    fn checked(self, state: &SagaState) -> Revive {
-        let needs_timer = state
+    fn checked(self, state: &SagaState, def: &SagaDefinition) -> Revive {
+        let Revive::Reactivate(held) = self else {
+            return Revive::Resume;
+        };
+        let holds = |id: &str, generation: i64| {
+            held.iter()
+                .any(|(h, g)| h.as_ref() == id && (*g == generation || id == DEADLINE_TIMER))
+        };
+        let timers = state
             .pending
-            .as_ref()
-            .is_some_and(|p| p.phase != crate::saga::Phase::Parked);
-        match self {
-            Revive::Reactivate(held) if needs_timer && held != Some(state.timer) => Revive::Resume,
-            other => other,
+            .iter()
+            .filter(|p| p.phase != Phase::Parked)
+            .all(|p| holds(&p.command_id, p.timer));
+        let needs_deadline = state.status == Status::Running
+            && !state.deadline_passed
+            && def.deadline_ms.is_some()
+            && state.started_at_ms.is_some();
+        if timers && (!needs_deadline || holds(DEADLINE_TIMER, 0)) {
+            Revive::Reactivate(held)
+        } else {
+            Revive::Resume
         }
     }
 }
@@ -135,15 +157,13 @@ impl Registry {
         how: Revive,
         ctx: &mut Context<Self>,
     ) -> Option<Addr<SagaActor>> {
-        let effects = match how.checked(&state) {
+        let def = self
+            .env
+            .catalog
+            .get(&state.saga, state.definition_version)?;
+        let effects = match how.checked(&state, &def) {
             Revive::Reactivate(_) => Vec::new(),
-            Revive::Resume => {
-                let def = self
-                    .env
-                    .catalog
-                    .get(&state.saga, state.definition_version)?;
-                saga::resume(&state, &def)
-            }
+            Revive::Resume => saga::resume(&state, &def),
         };
         self.spawn(state, effects, ctx)
     }
@@ -158,10 +178,7 @@ impl Registry {
             };
             let deliver = ctx.address().send(DeliverEvent {
                 saga_id: w.saga_id,
-                event: Event::TimerFired {
-                    command_id: w.command_id.to_string(),
-                    generation: w.generation,
-                },
+                event: Event::timer(&w.command_id, w.generation),
                 note: None,
                 trace: None,
                 guard: None,
@@ -307,10 +324,9 @@ impl Handler<RehydrateSagas> for Registry {
                 );
                 continue;
             };
-            let generation = state.timer;
-            let mut slot_wake = None;
-            let mut slot_resend = None;
-            let mut send = None;
+            let mut slot_wake: Held = Vec::new();
+            let mut slot_resend = Vec::new();
+            let mut sends = Vec::new();
             for effect in saga::resume(&state, &def) {
                 match effect {
                     Effect::Send {
@@ -318,27 +334,36 @@ impl Handler<RehydrateSagas> for Registry {
                         action,
                         command_id,
                         attempt,
+                        generation,
                     } => {
-                        send = encode_command(&state, &def, step, action, &command_id, attempt)
-                            .map(|(queue, body)| Resend {
-                                saga_id: state.saga_id,
-                                generation,
-                                queue,
-                                command_id,
-                                action,
-                                body,
-                                trace: state.traceparent.clone(),
-                            });
+                        sends.extend(
+                            encode_command(&state, &def, step, action, &command_id, attempt).map(
+                                |(queue, body)| Resend {
+                                    saga_id: state.saga_id,
+                                    generation,
+                                    queue,
+                                    command_id,
+                                    action,
+                                    body,
+                                    trace: state.traceparent.clone(),
+                                },
+                            ),
+                        );
                     }
                     Effect::ArmTimer {
                         command_id,
                         after_ms,
+                        generation,
                         ..
                     } => {
-                        if send.is_some() {
-                            slot_resend = Some((generation, after_ms));
+                        if sends.iter().any(|r: &Resend| r.command_id == command_id) {
+                            slot_resend.push(Unconfirmed {
+                                command_id: command_id.into(),
+                                generation,
+                                after_ms,
+                            });
                         } else {
-                            slot_wake = Some(generation);
+                            slot_wake.push((command_id.as_str().into(), generation));
                             self.wakes.push(Reverse(Wake {
                                 due: now + Duration::from_millis(after_ms),
                                 saga_id: state.saga_id,
@@ -347,10 +372,23 @@ impl Handler<RehydrateSagas> for Registry {
                             }));
                         }
                     }
+                    Effect::ArmDeadline { after_start_ms } => {
+                        if let Some(delay) =
+                            super::saga_actor::deadline_delay(&state, after_start_ms)
+                        {
+                            slot_wake.push((DEADLINE_TIMER.into(), 0));
+                            self.wakes.push(Reverse(Wake {
+                                due: now + delay,
+                                saga_id: state.saga_id,
+                                generation: 0,
+                                command_id: DEADLINE_TIMER.into(),
+                            }));
+                        }
+                    }
                     Effect::Announce(_) => {}
                 }
             }
-            resends.extend(send);
+            resends.extend(sends);
             self.sagas.insert(
                 state.saga_id,
                 Slot::Passive {
@@ -392,6 +430,7 @@ async fn resend_until_confirmed(env: Arc<Env>, registry: Addr<Registry>, r: Rese
         let still = registry
             .send(MayResend {
                 saga_id: r.saga_id,
+                command_id: r.command_id.as_str().into(),
                 generation: r.generation,
             })
             .await
@@ -432,6 +471,7 @@ async fn resend_until_confirmed(env: Arc<Env>, registry: Addr<Registry>, r: Rese
 #[rtype(result = "bool")]
 struct MayResend {
     saga_id: Uuid,
+    command_id: Box<str>,
     generation: i64,
 }
 
@@ -439,10 +479,13 @@ impl Handler<MayResend> for Registry {
     type Result = bool;
 
     fn handle(&mut self, msg: MayResend, _ctx: &mut Self::Context) -> bool {
-        matches!(
-            self.sagas.get(&msg.saga_id),
-            Some(Slot::Passive { resend: Some((g, _)), .. }) if *g == msg.generation
-        ) && self.env.ownership.owns(&msg.saga_id)
+        let due = match self.sagas.get(&msg.saga_id) {
+            Some(Slot::Passive { resend, .. }) => resend
+                .iter()
+                .any(|u| u.command_id == msg.command_id && u.generation == msg.generation),
+            _ => false,
+        };
+        due && self.env.ownership.owns(&msg.saga_id)
     }
 }
 
@@ -462,19 +505,19 @@ impl Handler<Resent> for Registry {
         let Some(Slot::Passive { wake, resend }) = self.sagas.get_mut(&msg.saga_id) else {
             return;
         };
-        let Some((generation, after_ms)) = *resend else {
+        let Some(at) = resend
+            .iter()
+            .position(|u| u.command_id == msg.command_id && u.generation == msg.generation)
+        else {
             return;
         };
-        if generation != msg.generation {
-            return;
-        }
-        *resend = None;
-        *wake = Some(generation);
+        let confirmed = resend.swap_remove(at);
+        wake.push((confirmed.command_id.clone(), confirmed.generation));
         self.wakes.push(Reverse(Wake {
-            due: Instant::now() + Duration::from_millis(after_ms),
+            due: Instant::now() + Duration::from_millis(confirmed.after_ms),
             saga_id: msg.saga_id,
-            generation,
-            command_id: msg.command_id,
+            generation: confirmed.generation,
+            command_id: confirmed.command_id,
         }));
     }
 }
@@ -507,7 +550,9 @@ impl Handler<DeliverEvent> for Registry {
             }));
         }
         let how = match self.sagas.get(&saga_id) {
-            Some(Slot::Passive { wake, resend: None }) => Revive::Reactivate(*wake),
+            Some(Slot::Passive { wake, resend }) if resend.is_empty() => {
+                Revive::Reactivate(wake.clone())
+            }
             _ => Revive::Resume,
         };
         self.load_and_apply(msg, how)
@@ -522,12 +567,16 @@ impl Handler<Passivated> for Registry {
             self.sagas.insert(
                 msg.saga_id,
                 Slot::Passive {
-                    wake: msg.timer.as_ref().map(|t| t.generation),
-                    resend: None,
+                    wake: msg
+                        .timers
+                        .iter()
+                        .map(|t| (t.command_id.as_str().into(), t.generation))
+                        .collect(),
+                    resend: Vec::new(),
                 },
             );
         }
-        if let Some(t) = msg.timer {
+        for t in msg.timers {
             self.wakes.push(Reverse(Wake {
                 due: t.due,
                 saga_id: msg.saga_id,

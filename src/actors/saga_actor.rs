@@ -1,6 +1,7 @@
 //! One actor per saga: applies events through the pure state machine, commits the
 //! snapshot, and only then publishes what follows and answers (so the reply can be acked).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,7 @@ use super::messages::{
 use super::{Env, Registry};
 use crate::broker::wire::{CommandBody, LifecycleEvent};
 use crate::domain::SagaDefinition;
-use crate::saga::{self, Effect, Event, SagaState, Status, StepAction};
+use crate::saga::{self, Effect, Event, SagaState, Status, StepAction, DEADLINE_TIMER};
 use crate::store::{SnapshotWrite, StoreError};
 
 /// The actor of one saga.
@@ -23,18 +24,18 @@ pub struct SagaActor {
     env: Arc<Env>,
     registry: Addr<Registry>,
     initial: Vec<Effect>,
-    /// The one armed timer: arming another replaces it.
-    timer: Option<SpawnHandle>,
-    /// What the armed timer will deliver, and when (handed to the registry on passivation).
-    armed: Option<ArmedTimer>,
+    /// The armed timers by command id (and the deadline's, [`DEADLINE_TIMER`]): arming
+    /// one for the same command replaces it. What each will deliver, and when, is handed
+    /// to the registry on passivation.
+    timers: HashMap<String, (SpawnHandle, ArmedTimer)>,
     /// Publishes not yet confirmed: the actor does not passivate while there are any.
     publishing: u32,
     /// Last time an event was applied or the actor started.
     last_activity: Instant,
     /// Stopping to free memory, not because the saga finished.
     passivating: bool,
-    /// When the pending command was last published (for the step latency histogram).
-    sent_at: Option<Instant>,
+    /// When each pending command was last published (for the step latency histogram).
+    sent_at: HashMap<String, Instant>,
     _guard: CrashGuard,
 }
 
@@ -45,8 +46,17 @@ pub struct ArmedTimer {
     pub due: Instant,
     /// The command it is for.
     pub command_id: String,
-    /// Its generation (`SagaState::timer` when it was armed).
+    /// Its generation (`Pending::timer` when it was armed; 0 for the deadline).
     pub generation: i64,
+}
+
+/// How long from now until a saga's deadline (`after_start_ms` after its start): zero when
+/// it is past; `None` for a saga without a recorded start (started before deadlines existed).
+pub fn deadline_delay(state: &SagaState, after_start_ms: u64) -> Option<Duration> {
+    let started = state.started_at_ms?;
+    let due = started.saturating_add(i64::try_from(after_start_ms).unwrap_or(i64::MAX));
+    let left = due.saturating_sub(chrono::Utc::now().timestamp_millis()).max(0);
+    Some(Duration::from_millis(u64::try_from(left).unwrap_or(0)))
 }
 
 /// One command to publish, and the time-out to arm once the broker confirmed it.
@@ -120,12 +130,11 @@ impl SagaActor {
             env,
             registry,
             initial,
-            timer: None,
-            armed: None,
+            timers: HashMap::new(),
             publishing: 0,
             last_activity: Instant::now(),
             passivating: false,
-            sent_at: None,
+            sent_at: HashMap::new(),
             _guard,
         }
     }
@@ -142,27 +151,22 @@ impl SagaActor {
     /// that follows a send is armed only once the broker confirmed that send: a send the
     /// broker never took is not an attempt, so a broker outage cannot use attempts up.
     fn perform(&mut self, effects: Vec<Effect>, ctx: &mut Context<Self>) {
-        let generation = self.state.timer;
-        let sent: Vec<String> = effects
+        let arm_after_confirm: HashMap<String, u64> = effects
             .iter()
             .filter_map(|e| match e {
-                Effect::Send { command_id, .. } => Some(command_id.clone()),
+                Effect::ArmTimer {
+                    command_id,
+                    after_ms,
+                    ..
+                } => Some((command_id.clone(), *after_ms)),
                 _ => None,
             })
+            .filter(|(id, _)| {
+                effects.iter().any(
+                    |e| matches!(e, Effect::Send { command_id, .. } if command_id == id),
+                )
+            })
             .collect();
-        let mut arm_after_confirm = std::collections::HashMap::new();
-        for effect in &effects {
-            if let Effect::ArmTimer {
-                command_id,
-                after_ms,
-                ..
-            } = effect
-            {
-                if sent.contains(command_id) {
-                    arm_after_confirm.insert(command_id.clone(), *after_ms);
-                }
-            }
-        }
         for effect in effects {
             match effect {
                 Effect::Send {
@@ -170,6 +174,7 @@ impl SagaActor {
                     action,
                     command_id,
                     attempt,
+                    generation,
                 } => {
                     let then_arm = arm_after_confirm.get(&command_id).copied();
                     let send = Outgoing {
@@ -185,10 +190,17 @@ impl SagaActor {
                 Effect::ArmTimer {
                     command_id,
                     after_ms,
+                    generation,
                     ..
                 } => {
                     if !arm_after_confirm.contains_key(&command_id) {
                         self.arm(command_id, generation, after_ms, ctx);
+                    }
+                }
+                Effect::ArmDeadline { after_start_ms } => {
+                    if let Some(delay) = deadline_delay(&self.state, after_start_ms) {
+                        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+                        self.arm(DEADLINE_TIMER.to_string(), 0, ms, ctx);
                     }
                 }
                 Effect::Announce(status) => self.announce(status),
@@ -196,38 +208,56 @@ impl SagaActor {
         }
     }
 
-    /// Arms the saga's one timer (replacing any armed before) with a generation.
+    /// Arms the timer of one command (or the deadline), replacing the one armed before.
     fn arm(&mut self, command_id: String, generation: i64, after_ms: u64, ctx: &mut Context<Self>) {
-        if let Some(old) = self.timer.take() {
+        if let Some((old, _)) = self.timers.remove(&command_id) {
             ctx.cancel_future(old);
         }
-        self.armed = Some(ArmedTimer {
+        let armed = ArmedTimer {
             due: Instant::now() + Duration::from_millis(after_ms),
             command_id: command_id.clone(),
             generation,
-        });
+        };
+        let key = command_id.clone();
         let handle = ctx.run_later(Duration::from_millis(after_ms), move |act, ctx| {
-            act.timer = None;
-            act.armed = None;
+            act.timers.remove(&command_id);
             // Not idle: a passivation check in the same poll must not stop the actor (and
             // drop this event) before the event is handled.
             act.last_activity = Instant::now();
-            ctx.notify(ApplyEvent::new(Event::TimerFired {
-                command_id,
-                generation,
-            }));
+            ctx.notify(ApplyEvent::new(Event::timer(&command_id, generation)));
         });
-        self.timer = Some(handle);
+        self.timers.insert(key, (handle, armed));
+    }
+
+    /// Cancels the timers of commands no longer pending (the deadline's stays while the
+    /// saga runs or is paused).
+    fn drop_stale_timers(&mut self, ctx: &mut Context<Self>) {
+        let state = &self.state;
+        let stale: Vec<String> = self
+            .timers
+            .keys()
+            .filter(|id| {
+                if id.as_str() == DEADLINE_TIMER {
+                    !matches!(state.status, Status::Running | Status::Paused)
+                } else {
+                    state.pending_command(id).is_none()
+                }
+            })
+            .cloned()
+            .collect();
+        for id in stale {
+            if let Some((handle, _)) = self.timers.remove(&id) {
+                ctx.cancel_future(handle);
+            }
+            self.sent_at.remove(&id);
+        }
     }
 
     /// Whether `command_id` is still the pending command under the same timer generation.
     fn still_pending(&self, command_id: &str, generation: i64) -> bool {
-        self.state.timer == generation
-            && self
-                .state
-                .pending
-                .as_ref()
-                .is_some_and(|p| p.command_id == command_id)
+        self.state
+            .pending_command(command_id)
+            .is_some_and(|p| p.timer == generation)
     }
 
     /// Publishes the pending command; on failure retries with back-off while it is still
@@ -274,7 +304,7 @@ impl SagaActor {
         let action = send.action;
         let trace = self.state.traceparent.clone();
         self.publishing += 1;
-        self.sent_at = Some(Instant::now());
+        self.sent_at.insert(send.command_id.clone(), Instant::now());
         let metrics = self.env.metrics.clone();
         let fut = async move {
             let started = Instant::now();
@@ -348,9 +378,37 @@ impl SagaActor {
         self.registry.do_send(Passivated {
             saga_id: self.state.saga_id,
             addr: ctx.address(),
-            timer: self.armed.take(),
+            timers: self.timers.drain().map(|(_, (_, armed))| armed).collect(),
         });
         ctx.stop();
+    }
+
+    /// Counts what a committed transition did beyond its event (pauses, retries by reason).
+    fn count(&self, cause: &Event, event: &str, next: &SagaState) {
+        let metrics = &self.env.metrics;
+        if next.status == Status::Paused && self.state.status != Status::Paused {
+            metrics
+                .sagas_paused
+                .with_label_values(&[next.saga.as_str()])
+                .inc();
+        }
+        // A re-send that ends a back-off was counted with the error that started it.
+        let timed_out = |id: &str| {
+            self.state
+                .pending_command(id)
+                .is_some_and(|p| p.phase == crate::saga::Phase::AwaitingReply)
+        };
+        let reason = match (cause, event) {
+            (Event::TimerFired { command_id, .. }, "step_resent" | "compensation_resent")
+                if timed_out(command_id) =>
+            {
+                "timeout"
+            }
+            (_, "step_retry") => "retryable_error",
+            (_, "compensation_error") => "compensate_error",
+            _ => return,
+        };
+        metrics.retries.with_label_values(&[reason]).inc();
     }
 
     /// Counts a status the saga reached and wakes the outbox relay, which publishes the
@@ -536,14 +594,18 @@ impl Handler<ApplyEvent> for SagaActor {
                                 .with_label_values(&[t.state.saga.as_str()])
                                 .inc();
                         }
-                        if let (Event::Reply { .. }, Some(sent)) = (&event, act.sent_at.take()) {
-                            act.env
-                                .metrics
-                                .step_seconds
-                                .with_label_values(&[t.state.saga.as_str()])
-                                .observe(sent.elapsed().as_secs_f64());
+                        if let Event::Reply { command_id, .. } = &event {
+                            if let Some(sent) = act.sent_at.remove(command_id) {
+                                act.env
+                                    .metrics
+                                    .step_seconds
+                                    .with_label_values(&[t.state.saga.as_str()])
+                                    .observe(sent.elapsed().as_secs_f64());
+                            }
                         }
+                        act.count(&event, &t.record.event, &t.state);
                         act.state = t.state;
+                        act.drop_stale_timers(ctx);
                         act.perform(t.effects, ctx);
                         if act.state.status.is_terminal() {
                             ctx.stop();
@@ -586,8 +648,8 @@ impl Handler<Relinquish> for SagaActor {
     fn handle(&mut self, _msg: Relinquish, ctx: &mut Self::Context) {
         // The registry already forgot this saga; its new owner resumes it from the snapshot.
         self.passivating = true;
-        if let Some(timer) = self.timer.take() {
-            ctx.cancel_future(timer);
+        for (_, (handle, _)) in self.timers.drain() {
+            ctx.cancel_future(handle);
         }
         ctx.stop();
     }

@@ -86,6 +86,9 @@ struct RawReply {
     output: Option<Value>,
     #[serde(default)]
     error: Option<Value>,
+    /// Only JSON `true` asks for a re-send; anything else is a plain error.
+    #[serde(default)]
+    retryable: Option<Value>,
 }
 
 /// Decodes a reply body; `correlation_id` stands in for a missing `command_id`.
@@ -124,6 +127,7 @@ pub fn decode_reply(body: &[u8], correlation_id: Option<&str>) -> Result<Reply, 
                 Value::String(s) => s,
                 other => other.to_string(),
             }),
+            retryable: raw.retryable == Some(Value::Bool(true)),
         },
         other => return Err(PoisonReason::BadStatus(other.chars().take(64).collect())),
     };
@@ -277,13 +281,32 @@ mod tests {
         assert_eq!(
             r.outcome,
             ReplyOutcome::Error {
-                error: Some("no stock".into())
+                error: Some("no stock".into()),
+                retryable: false,
             }
         );
         assert_eq!(
             decode_reply(body.as_bytes(), None),
             Err(PoisonReason::NoCommandId)
         );
+    }
+
+    #[test]
+    fn only_json_true_makes_an_error_retryable() {
+        for (flag, retryable) in [("true", true), ("false", false), ("\"true\"", false), ("1", false)] {
+            let body = format!(
+                r#"{{"command_id":"c","saga_id":"{ID}","status":"error","retryable":{flag}}}"#
+            );
+            let r = decode_reply(body.as_bytes(), None).unwrap();
+            assert_eq!(
+                r.outcome,
+                ReplyOutcome::Error {
+                    error: None,
+                    retryable
+                },
+                "{flag}"
+            );
+        }
     }
 
     #[test]

@@ -61,7 +61,9 @@ impl SagaPage {
     /// come from the view's landmarks, so they hold whatever page of history is shown.
     pub fn new(view: SagaView, def: Option<&SagaDefinition>) -> Self {
         let steps = def.and_then(|def| {
-            let state: SagaState = serde_json::from_value(view.state.clone()).ok()?;
+            let state = serde_json::from_value::<SagaState>(view.state.clone())
+                .ok()?
+                .upgraded();
             steps(&state, def, &view.landmarks)
         });
         SagaPage { view, steps }
@@ -109,7 +111,7 @@ pub fn steps(
                 compensate_attempts: rec.compensate_attempts,
                 output: state.results.get(&sd.name).cloned(),
                 error: rec.error.clone(),
-                pending: state.pending.clone().filter(|p| p.step == k),
+                pending: state.pending.iter().find(|p| p.step == k).cloned(),
                 sent_at,
                 last_event: last.map(|h| h.event.clone()),
                 last_event_at: last.map(|h| h.at),
@@ -179,16 +181,18 @@ mod tests {
                 record(StepStatus::Executing, 2),
                 record(StepStatus::NotStarted, 0),
             ],
-            pending: Some(Pending {
+            pending: vec![Pending {
                 step: 1,
                 action: StepAction::Execute,
                 command_id: "x/hotel/execute".into(),
                 attempt: 2,
                 phase: Phase::AwaitingReply,
-            }),
+                timer: 3,
+            }],
             to_compensate: vec![],
             nonce: String::new(),
             timer: 0,
+            deadline_passed: false,
             started_at_ms: None,
             traceparent: None,
         };

@@ -17,6 +17,8 @@ pub enum ReplyOutcome {
     Error {
         /// Why, as the participant said.
         error: Option<String>,
+        /// `"retryable": true`: send the same command again after a back-off.
+        retryable: bool,
     },
 }
 
@@ -37,18 +39,39 @@ pub enum Event {
         /// The generation it was armed with ([`super::SagaState::timer`]); another is stale.
         generation: i64,
     },
-    /// An operator asked a running saga to compensate.
+    /// The saga's deadline (`deadline_ms` after its start) went off.
+    Deadline,
+    /// An operator asked a running or paused saga to compensate.
     Abort,
     /// An operator asked a failed saga to re-send its failed compensation.
     Retry,
-    /// An operator marks the pending compensation of the named step done without running it.
+    /// An operator marks the pending compensation of the named step done without running
+    /// it, or counts the step a paused saga waits on done.
     Skip {
         /// The step the operator means: the action is refused unless it is the pending one,
         /// so a repeated click cannot skip the next step's compensation too.
         step: String,
     },
-    /// An operator re-sends the pending command now, with its attempts reset.
+    /// An operator re-sends the pending commands now, with their attempts reset.
     Resume,
+}
+
+/// The name under which the actor and the registry arm a saga's deadline, beside its
+/// commands' timers (a `command_id` always starts with the saga's UUID, so none is this).
+pub const DEADLINE_TIMER: &str = "deadline";
+
+impl Event {
+    /// The event a timer delivers: a command's time-out or back-off, or the deadline.
+    pub fn timer(command_id: &str, generation: i64) -> Event {
+        if command_id == DEADLINE_TIMER {
+            Event::Deadline
+        } else {
+            Event::TimerFired {
+                command_id: command_id.to_string(),
+                generation,
+            }
+        }
+    }
 }
 
 /// Something the actor must do once the transition is durable.
@@ -64,16 +87,26 @@ pub enum Effect {
         command_id: String,
         /// Which send this is (1-based).
         attempt: u32,
+        /// The timer generation of its pending command (its send is void once it changed).
+        generation: i64,
     },
-    /// Arm a timer that delivers [`Event::TimerFired`] after `after_ms`, with the new
-    /// state's [`super::SagaState::timer`] generation.
+    /// Arm a timer that delivers [`Event::TimerFired`] after `after_ms`, with the
+    /// generation of its pending command ([`super::Pending::timer`]).
     ArmTimer {
         /// For which command.
         command_id: String,
         /// For which attempt (for logs and metrics).
         attempt: u32,
+        /// The generation the timer delivers.
+        generation: i64,
         /// Delay.
         after_ms: u64,
+    },
+    /// Arm the saga's deadline: [`Event::Deadline`] at its start plus `after_start_ms`
+    /// (at once when that is past).
+    ArmDeadline {
+        /// `deadline_ms` of its definition.
+        after_start_ms: u64,
     },
     /// Announce the saga's new status on the `saga.events` exchange.
     Announce(Status),

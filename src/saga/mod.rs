@@ -7,8 +7,10 @@ pub mod transition;
 #[cfg(test)]
 mod tests;
 
-pub use event::{Effect, Event, Record, ReplyOutcome, Transition, TransitionError};
+pub use event::{
+    Effect, Event, Record, ReplyOutcome, Transition, TransitionError, DEADLINE_TIMER,
+};
 pub use state::{
     command_id, Pending, Phase, SagaState, Status, StepAction, StepRecord, StepStatus,
 };
-pub use transition::{apply, resume, start};
+pub use transition::{apply, past_pivot, resume, start};

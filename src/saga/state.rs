@@ -12,6 +12,9 @@ pub enum Status {
     Running,
     /// Undoing earlier steps, last first.
     Compensating,
+    /// A step with `on_error = "pause"` (or any step past a pivot) failed: waits for an
+    /// operator's resume, skip or abort.
+    Paused,
     /// Every step done. Terminal.
     Completed,
     /// Every needed compensation done. Terminal.
@@ -22,9 +25,10 @@ pub enum Status {
 
 impl Status {
     /// Every status, in lifecycle order.
-    pub const ALL: [Status; 5] = [
+    pub const ALL: [Status; 6] = [
         Status::Running,
         Status::Compensating,
+        Status::Paused,
         Status::Completed,
         Status::Compensated,
         Status::Failed,
@@ -40,6 +44,7 @@ impl Status {
         match self {
             Status::Running => "running",
             Status::Compensating => "compensating",
+            Status::Paused => "paused",
             Status::Completed => "completed",
             Status::Compensated => "compensated",
             Status::Failed => "failed",
@@ -78,13 +83,14 @@ impl StepAction {
 pub enum Phase {
     /// Sent; a time-out is armed.
     AwaitingReply,
-    /// A compensate was answered `error`; a back-off timer will re-send it.
+    /// Answered `error` (a compensate, or a retryable one): a back-off timer will re-send it.
     BackingOff,
-    /// The saga is `failed`: nothing is armed until an operator retries.
+    /// Waiting for an operator: a compensate that ran out of attempts (`failed`), or an
+    /// execute that failed on a pausing step (`paused`). Nothing is armed.
     Parked,
 }
 
-/// The one command a saga is waiting on.
+/// One command a saga is waiting on (a group has several at once).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pending {
     /// Index of the step in the definition.
@@ -97,6 +103,12 @@ pub struct Pending {
     pub attempt: u32,
     /// What is armed for it.
     pub phase: Phase,
+    /// Generation of its armed timer: the version of the transition that armed it. A timer
+    /// of another generation is stale (a re-send or an operator action armed a newer one).
+    /// 0 in snapshots written before pending commands had their own (then the saga's
+    /// [`SagaState::timer`] holds it).
+    #[serde(default)]
+    pub timer: i64,
 }
 
 /// What happened to one step, for compensation decisions and for display.
@@ -157,19 +169,24 @@ pub struct SagaState {
     pub results: Map<String, Value>,
     /// One record per step of the definition.
     pub steps: Vec<StepRecord>,
-    /// The command being waited on, if any.
-    pub pending: Option<Pending>,
-    /// Steps still to compensate after the pending one, in order (last step first).
+    /// The commands being waited on, in step order: one, or a group's.
+    #[serde(default, deserialize_with = "pending_set")]
+    pub pending: Vec<Pending>,
+    /// Steps still to compensate after the pending ones, one at a time, in order (last first).
     pub to_compensate: Vec<usize>,
     /// A random secret of this saga, part of every `command_id` it sends: a participant can
     /// only name (answer) commands it was sent, never guess another step's. Empty for sagas
     /// started before it existed (their ids stay as they were).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub nonce: String,
-    /// Generation of the armed timer: the version of the transition that armed it. A timer
-    /// of another generation is stale (a re-send or an operator action armed a newer one).
-    #[serde(default)]
+    /// The timer generation of snapshots written before each pending command had its own
+    /// ([`Pending::timer`]); read once, when such a snapshot is loaded.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub timer: i64,
+    /// The saga's deadline went off (it fires once: an operator's resume after it is not
+    /// undone by it again).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deadline_passed: bool,
     /// When the saga started (milliseconds since the epoch), set by the I/O layer; for metrics.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at_ms: Option<i64>,
@@ -197,10 +214,48 @@ impl SagaState {
         format!("{id}/{}", hex::encode(&digest[..12]))
     }
 
-    /// Name of the step the saga is at, if it is at one.
+    /// The step the saga is at (the first of a group), if it is at one.
     pub fn current_step(&self) -> Option<usize> {
-        self.pending.as_ref().map(|p| p.step)
+        self.pending.iter().map(|p| p.step).min()
     }
+
+    /// The pending command with this id.
+    pub fn pending_command(&self, command_id: &str) -> Option<&Pending> {
+        self.pending.iter().find(|p| p.command_id == command_id)
+    }
+
+    /// Moves a snapshot written by an older release to the current shape: the saga-wide
+    /// timer generation becomes its pending command's own.
+    pub fn upgraded(mut self) -> Self {
+        if self.timer != 0 {
+            for p in &mut self.pending {
+                if p.timer == 0 {
+                    p.timer = self.timer;
+                }
+            }
+            self.timer = 0;
+        }
+        self
+    }
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+
+/// `pending` as written now (a list) or by releases before groups (one command or null).
+fn pending_set<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Pending>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Shape {
+        Many(Vec<Pending>),
+        One(Pending),
+    }
+    Ok(match Option::<Shape>::deserialize(d)? {
+        None => Vec::new(),
+        Some(Shape::One(p)) => vec![p],
+        Some(Shape::Many(v)) => v,
+    })
 }
 
 /// The readable part of a step action's id (see [`SagaState::command_id`], which adds the

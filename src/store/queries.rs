@@ -14,7 +14,9 @@ use crate::saga::SagaState;
 
 /// Decodes a stored snapshot.
 fn decode(id: Uuid, state: Value) -> Result<SagaState, StoreError> {
-    serde_json::from_value(state).map_err(|e| StoreError::Corrupt(format!("saga {id}: {e}")))
+    serde_json::from_value::<SagaState>(state)
+        .map(SagaState::upgraded)
+        .map_err(|e| StoreError::Corrupt(format!("saga {id}: {e}")))
 }
 
 /// The snapshot of one saga, if it exists.
