@@ -30,7 +30,7 @@ pub const BATCH: i64 = 1_000;
 const GAUGE_EVERY: Duration = Duration::from_secs(15);
 
 /// The statuses `saga_sagas` counts, as [`retention::count_unfinished`] does.
-const COUNTED: [&str; 3] = ["running", "compensating", "failed"];
+const COUNTED: [&str; 4] = ["running", "compensating", "paused", "failed"];
 
 /// What the sweep needs; cloned into its task.
 #[derive(Clone)]

@@ -385,7 +385,7 @@ fn events_of(event: &Event) -> &'static [&'static str] {
     match event {
         Event::Abort => &["aborted", "aborted_compensated"],
         Event::Retry => &["retried"],
-        Event::Skip { .. } => &["compensation_skipped"],
+        Event::Skip { .. } => &["compensation_skipped", "step_skipped"],
         _ => &["resumed"],
     }
 }
@@ -465,21 +465,24 @@ async fn forward_action(
     }
 }
 
-/// `POST /sagas/{id}/{action}`: abort (a running saga compensates), retry (a failed saga
-/// re-sends its failed compensation), skip (the pending compensation is marked done without
-/// running it), resume (the pending command is re-sent now, its attempts reset).
+/// `POST /sagas/{id}/{action}`: abort (a running or paused saga compensates), retry (a failed
+/// saga re-sends its failed compensation), skip (the pending compensation is marked done
+/// without running it, or the paused step counts done), resume (the pending commands are
+/// re-sent now, their attempts reset).
 #[utoipa::path(
     post,
     path = "/sagas/{id}/{action}",
     tag = "operator",
     operation_id = "act_on_saga",
     summary = "An operator action: abort, retry, skip or resume",
-    description = "`abort`: a `running` saga starts compensating, the step whose command is \
-        pending first. `retry`: a `failed` saga re-sends its failed compensate command (same \
-        `command_id`). `skip` (body `{\"step\": name}`, required): the pending compensation of a \
-        `compensating` or `failed` saga, which must be that step's, is marked done without \
-        running it. `resume`: the pending command of a `running` or `compensating` saga is \
-        re-sent now, its attempts reset. Any other state answers 409. With `If-Match: \"<version>\"` \
+    description = "`abort`: a `running` or `paused` saga starts compensating, the steps whose \
+        commands are pending first (409 naming the pivot once a pivot step is done). `retry`: a \
+        `failed` saga re-sends its failed compensate commands (same `command_id`). `skip` (body \
+        `{\"step\": name}`, required): the pending compensation of a `compensating` or `failed` \
+        saga, which must be that step's, is marked done without running it; a `paused` saga \
+        paused on that step counts it done with output `{}` and goes on. `resume`: the pending \
+        commands of a `running`, `compensating` or `paused` saga are re-sent now, their attempts \
+        reset. Any other state answers 409. With `If-Match: \"<version>\"` \
         (the `ETag` of `GET /sagas/{id}`) the action is taken only at that version (412 \
         otherwise). 202 means the transition is committed; when it cannot be committed within \
         5 s (PostgreSQL unreachable) the answer is 503 and the action never takes effect. \
@@ -499,7 +502,7 @@ async fn forward_action(
         (status = 400, description = "`id` is neither a UUID nor a code, the body is not JSON, `skip` names no step, or `If-Match` is not a version", body = super::schemas::ErrorBody),
         (status = 401, description = "`SAGA_ADMIN_TOKEN` is set and the bearer token is missing or wrong", body = super::schemas::ErrorBody),
         (status = 404, description = "No such saga, or no such action", body = super::schemas::ErrorBody),
-        (status = 409, description = "The saga's status does not allow this action (or `skip` names another step than the pending one)", body = super::schemas::ErrorBody),
+        (status = 409, description = "The saga's status does not allow this action (or `skip` names another step than the pending one, or `abort` comes after a pivot)", body = super::schemas::ErrorBody),
         (status = 412, description = "`If-Match` names a version the saga is no longer at: nothing was done", body = super::schemas::ErrorBody),
         (status = 413, description = "Body over 64 KiB", body = super::schemas::ErrorBody),
         (status = 503, description = "PostgreSQL or RabbitMQ is unreachable, or the service is starting or stopping: nothing was done", body = super::schemas::ErrorBody),

@@ -79,13 +79,13 @@ pub struct SagaPage {
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OperatorAction {
-    /// A `running` saga starts compensating, the pending step first.
+    /// A `running` or `paused` saga starts compensating, the pending steps first (409 past a pivot).
     Abort,
     /// A `failed` saga re-sends its failed compensate command (same `command_id`).
     Retry,
-    /// The pending compensation of a `compensating` or `failed` saga is marked done without running it.
+    /// The pending compensation of a `compensating` or `failed` saga is marked done without running it; a `paused` saga counts the paused step done.
     Skip,
-    /// The pending command of a `running` or `compensating` saga is re-sent now, its attempts reset.
+    /// The pending commands of a `running`, `compensating` or `paused` saga are re-sent now, their attempts reset.
     Resume,
 }
 

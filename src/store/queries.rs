@@ -67,7 +67,7 @@ pub async fn load_unfinished_in(
     let rows = client
         .query(
             "SELECT id, state FROM sagas
-              WHERE status IN ('running', 'compensating', 'failed')
+              WHERE status IN ('running', 'compensating', 'paused', 'failed')
                 AND saga_partition(id, $2) = ANY($1)",
             &[&partitions, &(n as i32)],
         )
@@ -272,7 +272,7 @@ pub async fn list(
     }
     if let Some(t) = f.idle_since {
         add(
-            "updated_at < ? AND status IN ('running', 'compensating', 'failed')",
+            "updated_at < ? AND status IN ('running', 'compensating', 'paused', 'failed')",
             Box::new(t),
         );
     }

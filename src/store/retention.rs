@@ -133,7 +133,7 @@ pub async fn count_unfinished(pool: &Pool) -> Result<Vec<(String, i64)>, StoreEr
     let stmt = client
         .prepare_cached(
             "SELECT status, count(*) FROM sagas
-              WHERE status IN ('running', 'compensating', 'failed') GROUP BY status",
+              WHERE status IN ('running', 'compensating', 'paused', 'failed') GROUP BY status",
         )
         .await?;
     let rows = client.query(&stmt, &[]).await?;

@@ -5,7 +5,7 @@
 'use strict';
 
 const STATUSES = ['running', 'compensating', 'completed', 'compensated', 'failed'];
-const UNFINISHED = new Set(['running', 'compensating', 'failed']);
+const UNFINISHED = new Set(['running', 'compensating', 'paused', 'failed']);
 const TOKEN_KEY = 'saga-admin-token'; // sessionStorage: this tab only
 const BY_KEY = 'saga-operator-name'; // localStorage: a convenience, not a secret
 const LIST_REFRESH_MS = 2000;
