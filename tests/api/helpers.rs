@@ -524,6 +524,8 @@ pub enum Answer {
     Done(Value),
     /// Reply `error`.
     Error(String),
+    /// Reply `error` with `"retryable": true`.
+    Retryable(String),
     /// Do not reply.
     Silent,
 }
@@ -609,6 +611,9 @@ impl Participants {
                         ),
                         Answer::Error(e) => Some(
                             json!({"command_id": rec.command_id(), "saga_id": rec.saga_id(), "status": "error", "error": e}),
+                        ),
+                        Answer::Retryable(e) => Some(
+                            json!({"command_id": rec.command_id(), "saga_id": rec.saga_id(), "status": "error", "error": e, "retryable": true}),
                         ),
                         Answer::Silent => None,
                     };

@@ -15,6 +15,7 @@ mod forgery;
 mod forwarding;
 mod guarded;
 mod http_api;
+mod language;
 mod late;
 mod listing;
 mod openapi;
