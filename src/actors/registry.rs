@@ -83,7 +83,7 @@ impl Revive {
             .iter()
             .filter(|p| p.phase != Phase::Parked)
             .all(|p| holds(&p.command_id, p.timer));
-        let needs_deadline = state.status == Status::Running
+        let needs_deadline = matches!(state.status, Status::Running | Status::Paused)
             && !state.deadline_passed
             && def.deadline_ms.is_some()
             && state.started_at_ms.is_some();

@@ -55,7 +55,9 @@ pub struct ArmedTimer {
 pub fn deadline_delay(state: &SagaState, after_start_ms: u64) -> Option<Duration> {
     let started = state.started_at_ms?;
     let due = started.saturating_add(i64::try_from(after_start_ms).unwrap_or(i64::MAX));
-    let left = due.saturating_sub(chrono::Utc::now().timestamp_millis()).max(0);
+    let left = due
+        .saturating_sub(chrono::Utc::now().timestamp_millis())
+        .max(0);
     Some(Duration::from_millis(u64::try_from(left).unwrap_or(0)))
 }
 
@@ -162,9 +164,9 @@ impl SagaActor {
                 _ => None,
             })
             .filter(|(id, _)| {
-                effects.iter().any(
-                    |e| matches!(e, Effect::Send { command_id, .. } if command_id == id),
-                )
+                effects
+                    .iter()
+                    .any(|e| matches!(e, Effect::Send { command_id, .. } if command_id == id))
             })
             .collect();
         for effect in effects {

@@ -293,7 +293,12 @@ mod tests {
 
     #[test]
     fn only_json_true_makes_an_error_retryable() {
-        for (flag, retryable) in [("true", true), ("false", false), ("\"true\"", false), ("1", false)] {
+        for (flag, retryable) in [
+            ("true", true),
+            ("false", false),
+            ("\"true\"", false),
+            ("1", false),
+        ] {
             let body = format!(
                 r#"{{"command_id":"c","saga_id":"{ID}","status":"error","retryable":{flag}}}"#
             );

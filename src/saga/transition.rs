@@ -145,9 +145,10 @@ pub fn resume(state: &SagaState, def: &SagaDefinition) -> Vec<Effect> {
             }
         }
     }
-    if let (Status::Running, false, Some(after_start_ms)) =
-        (state.status, state.deadline_passed, def.deadline_ms)
-    {
+    // A paused saga's deadline is armed too: when it passes, it is noted, so that an
+    // operator's later resume is not overruled by it (as when the saga stayed in memory).
+    let waits = matches!(state.status, Status::Running | Status::Paused);
+    if let (true, false, Some(after_start_ms)) = (waits, state.deadline_passed, def.deadline_ms) {
         effects.push(Effect::ArmDeadline { after_start_ms });
     }
     effects
@@ -323,7 +324,12 @@ fn send(
 }
 
 /// Sends the execute of every step of the stage that starts at `first`.
-fn send_stage(state: &mut SagaState, def: &SagaDefinition, first: usize, effects: &mut Vec<Effect>) {
+fn send_stage(
+    state: &mut SagaState,
+    def: &SagaDefinition,
+    first: usize,
+    effects: &mut Vec<Effect>,
+) {
     for k in def.stage(first) {
         send(state, def, k, StepAction::Execute, 1, effects);
     }

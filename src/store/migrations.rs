@@ -43,7 +43,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0009_outbox_incarnation.sql",
         include_str!("../../sql/0009_outbox_incarnation.sql"),
     ),
-    (10, "0010_paused.sql", include_str!("../../sql/0010_paused.sql")),
+    (
+        10,
+        "0010_paused.sql",
+        include_str!("../../sql/0010_paused.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serialises concurrent migrators.

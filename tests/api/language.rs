@@ -250,7 +250,10 @@ async fn a_pausing_step_pauses_the_saga_and_resume_resends_it_with_the_same_comm
     let view = app.saga_view(&id.to_string()).await;
     assert_eq!(view["step"], "s2");
     assert!(
-        participants.for_saga(id).iter().all(|c| c.action() == "execute"),
+        participants
+            .for_saga(id)
+            .iter()
+            .all(|c| c.action() == "execute"),
         "nothing is compensated"
     );
     assert_eq!(
@@ -324,7 +327,10 @@ async fn past_a_pivot_a_failure_pauses_and_abort_is_refused_naming_the_pivot() {
     assert_eq!(status, 202, "{body}");
     assert!(app.wait_status(id, "completed", WAIT).await);
     assert!(
-        participants.for_saga(id).iter().all(|c| c.action() == "execute"),
+        participants
+            .for_saga(id)
+            .iter()
+            .all(|c| c.action() == "execute"),
         "nothing is ever compensated past a pivot"
     );
 }

@@ -97,7 +97,7 @@ async fn counts_list_every_status_and_a_saga_shows_each_step_with_its_output_err
     assert_eq!(
         counts,
         json!({
-            "counts": {"running": 0, "compensating": 0, "completed": 1, "compensated": 1, "failed": 0},
+            "counts": {"running": 0, "compensating": 0, "paused": 0, "completed": 1, "compensated": 1, "failed": 0},
             "total": 2
         })
     );
