@@ -265,7 +265,10 @@ impl SagaDefinition {
             previous = group;
         }
         if self.deadline_ms == Some(0) {
-            return Err(format!("saga `{}`: deadline_ms must be positive", self.name));
+            return Err(format!(
+                "saga `{}`: deadline_ms must be positive",
+                self.name
+            ));
         }
         Ok(())
     }
@@ -425,7 +428,13 @@ queue = "parcels"
         // A definition stored before the new keys existed keeps its content (and version).
         let def = SagaDefinition::builtin_default();
         let json = def.canonical_json().to_string();
-        for key in ["group", "on_error", "pivot", "retry_backoff_ms", "deadline_ms"] {
+        for key in [
+            "group",
+            "on_error",
+            "pivot",
+            "retry_backoff_ms",
+            "deadline_ms",
+        ] {
             assert!(!json.contains(key), "{key} in {json}");
         }
     }
