@@ -166,6 +166,10 @@ pub struct StubArgs {
     /// Probability (0..1) of answering `error` to an execute.
     #[arg(long, env = "SAGA_STUB_ERROR_RATE", default_value_t = 0.0)]
     pub error_rate: f64,
+    /// Probability (0..1) of answering a retryable `error` (`"retryable": true`) to an
+    /// execute; such an answer is not remembered, so a re-send of the command runs it again.
+    #[arg(long, env = "SAGA_STUB_RETRYABLE_ERROR_RATE", default_value_t = 0.0)]
+    pub retryable_error_rate: f64,
     /// Delay before each reply, in milliseconds.
     #[arg(long, env = "SAGA_STUB_DELAY_MS", default_value_t = 0)]
     pub delay_ms: u64,
@@ -399,11 +403,15 @@ impl StubArgs {
         check_amqp_url(&self.amqp_url)?;
         let tls = amqp_tls(self.amqp_ca_file.as_deref())?;
         check_queue_name("SAGA_STUB_QUEUE", &self.queue)?;
-        if !(0.0..=1.0).contains(&self.error_rate) {
-            return Err(ConfigError(format!(
-                "invalid SAGA_STUB_ERROR_RATE `{}`: must be between 0 and 1",
-                self.error_rate
-            )));
+        for (name, rate) in [
+            ("SAGA_STUB_ERROR_RATE", self.error_rate),
+            ("SAGA_STUB_RETRYABLE_ERROR_RATE", self.retryable_error_rate),
+        ] {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(ConfigError(format!(
+                    "invalid {name} `{rate}`: must be between 0 and 1"
+                )));
+            }
         }
         Ok(tls)
     }

@@ -132,10 +132,19 @@ async fn boot(settings: Settings, state: web::Data<AppState>) {
         store::leases::ensure_partitions(&pool, partitions)
     })
     .await;
-    let catalog = retry("registering definitions", || {
-        store::register_definitions(&pool, &settings.definitions)
-    })
-    .await;
+    let catalog = Arc::new(
+        retry("registering definitions", || {
+            store::register_definitions(&pool, &settings.definitions)
+        })
+        .await,
+    );
+    // Versions stored later (PUT /definitions on any instance) become current here too.
+    actix::spawn(store::listen_for_definitions(
+        settings.database.clone(),
+        pool.clone(),
+        catalog.clone(),
+        state.drain.clone(),
+    ));
     let command_queues = catalog
         .all()
         .iter()
@@ -172,7 +181,7 @@ async fn boot(settings: Settings, state: web::Data<AppState>) {
             ownership.instance(),
         ),
         broker: broker.clone(),
-        catalog: Arc::new(catalog),
+        catalog,
         metrics: state.metrics.clone(),
         passivate_after: settings.passivate_after,
         drain: state.drain.clone(),

@@ -3,7 +3,9 @@
 //! It executes each `command_id` at most once (a re-sent command gets the first answer
 //! again), answers `done` to a compensate for a step it never executed, fails an execute
 //! with `--error-rate` probability or when the saga's payload lists the step in
-//! `fail_steps`, and can append every effect to a file that survives its restarts.
+//! `fail_steps`, answers a retryable error (not remembered: a re-send runs again) with
+//! `--retryable-error-rate` probability, and can append every effect to a file that
+//! survives its restarts.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -46,6 +48,96 @@ struct Memory {
     fenced: HashSet<(String, String)>,
 }
 
+/// The stub's answer to one command.
+#[derive(Debug, Clone, PartialEq)]
+enum Reply {
+    /// `done`.
+    Done,
+    /// `error`: the command's outcome, given again to every re-send of it.
+    Error(String),
+    /// `error` with `"retryable": true`: not the command's outcome, a re-send runs it again.
+    Retryable(String),
+}
+
+/// What an execute does that is neither a repeat nor fenced by an earlier compensate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Verdict {
+    /// Run it: `done`.
+    Run,
+    /// Refuse it (its local transaction failed): `error`, for good.
+    Fail,
+    /// A transient failure: a retryable `error`, nothing run, nothing remembered.
+    RetryLater,
+}
+
+/// Decides an execute from two uniform draws in `[0, 1)`: a retryable error at
+/// `retryable_rate` (it comes first: the local transaction never got to decide), then a
+/// plain error at `error_rate` or when the saga's payload lists the step (`listed`).
+fn verdict(listed: bool, error_rate: f64, retryable_rate: f64, rolls: (f64, f64)) -> Verdict {
+    if retryable_rate > 0.0 && rolls.0 < retryable_rate {
+        Verdict::RetryLater
+    } else if listed || (error_rate > 0.0 && rolls.1 < error_rate) {
+        Verdict::Fail
+    } else {
+        Verdict::Run
+    }
+}
+
+impl Memory {
+    /// Answers a command, at most once per `command_id` (a retryable error excepted);
+    /// returns the reply and the effect to log, if any. `decide` is asked only for an
+    /// execute that is neither a repeat nor fenced.
+    fn answer(
+        &mut self,
+        cmd: &Command,
+        decide: impl FnOnce() -> Verdict,
+    ) -> (Reply, Option<&'static str>) {
+        if let Some((done, error)) = self.answered.get(&cmd.command_id) {
+            let reply = match (done, error) {
+                (true, _) => Reply::Done,
+                (false, e) => Reply::Error(e.clone().unwrap_or_default()),
+            };
+            return (reply, None);
+        }
+        let key = (cmd.saga_id.clone(), cmd.step.clone());
+        let (reply, effect) = if cmd.action == "compensate" {
+            if self.executed.remove(&key) {
+                (Reply::Done, Some("compensate"))
+            } else {
+                self.fenced.insert(key);
+                (Reply::Done, Some("fence"))
+            }
+        } else if self.fenced.contains(&key) {
+            // Compensated already: acknowledge without running it.
+            (Reply::Done, None)
+        } else {
+            match decide() {
+                Verdict::RetryLater => {
+                    // Not the command's outcome: a re-send of it is decided afresh.
+                    return (
+                        Reply::Retryable(format!("step {} is unavailable for now", cmd.step)),
+                        Some("retryable"),
+                    );
+                }
+                Verdict::Fail => (
+                    Reply::Error(format!("refused step {}", cmd.step)),
+                    Some("error"),
+                ),
+                Verdict::Run => {
+                    self.executed.insert(key);
+                    (Reply::Done, Some("execute"))
+                }
+            }
+        };
+        let remembered = match &reply {
+            Reply::Done => (true, None),
+            Reply::Error(e) | Reply::Retryable(e) => (false, Some(e.clone())),
+        };
+        self.answered.insert(cmd.command_id.clone(), remembered);
+        (reply, effect)
+    }
+}
+
 struct Stub {
     args: StubArgs,
     tls: AmqpTls,
@@ -72,47 +164,33 @@ impl Stub {
     }
 
     /// Decides the answer to a command, performing its effect at most once.
-    fn answer(&self, cmd: &Command) -> (bool, Option<String>) {
+    fn answer(&self, cmd: &Command) -> Reply {
         let Ok(mut mem) = self.memory.lock() else {
-            return (false, Some("stub memory poisoned".into()));
+            return Reply::Error("stub memory poisoned".into());
         };
-        if let Some(previous) = mem.answered.get(&cmd.command_id) {
-            return previous.clone();
+        let (reply, effect) = mem.answer(cmd, || self.verdict(cmd));
+        if let Some(kind) = effect {
+            self.record(kind, cmd);
         }
-        let key = (cmd.saga_id.clone(), cmd.step.clone());
-        let answer = if cmd.action == "compensate" {
-            if mem.executed.remove(&key) {
-                self.record("compensate", cmd);
-            } else {
-                self.record("fence", cmd);
-                mem.fenced.insert(key);
-            }
-            (true, None)
-        } else if mem.fenced.contains(&key) {
-            // Compensated already: acknowledge without running it.
-            (true, None)
-        } else if self.should_fail(cmd) {
-            self.record("error", cmd);
-            (
-                false,
-                Some(format!("{} refused step {}", self.service, cmd.step)),
-            )
-        } else {
-            mem.executed.insert(key);
-            self.record("execute", cmd);
-            (true, None)
-        };
-        mem.answered.insert(cmd.command_id.clone(), answer.clone());
-        answer
+        match reply {
+            Reply::Error(e) => Reply::Error(format!("{} {e}", self.service)),
+            Reply::Retryable(e) => Reply::Retryable(format!("{} {e}", self.service)),
+            Reply::Done => Reply::Done,
+        }
     }
 
-    fn should_fail(&self, cmd: &Command) -> bool {
+    fn verdict(&self, cmd: &Command) -> Verdict {
         let listed = cmd
             .payload
             .get("fail_steps")
             .and_then(Value::as_array)
             .is_some_and(|steps| steps.iter().any(|s| s.as_str() == Some(cmd.step.as_str())));
-        listed || (self.args.error_rate > 0.0 && rand::random::<f64>() < self.args.error_rate)
+        verdict(
+            listed,
+            self.args.error_rate,
+            self.args.retryable_error_rate,
+            (rand::random::<f64>(), rand::random::<f64>()),
+        )
     }
 
     fn record(&self, kind: &str, cmd: &Command) {
@@ -241,15 +319,21 @@ async fn consume_on(stub: Arc<Stub>, conn: &Connection, consume: Channel) -> any
             if stub.args.delay_ms > 0 {
                 tokio::time::sleep(Duration::from_millis(stub.args.delay_ms)).await;
             }
-            let (done, error) = stub.answer(&cmd);
-            let reply = json!({
-                "command_id": cmd.command_id,
-                "saga_id": cmd.saga_id,
-                "status": if done { "done" } else { "error" },
-                "service": stub.service,
-                "output": if done { json!({"service": stub.service, "step": cmd.step}) } else { json!({}) },
-                "error": error,
-            });
+            let reply = match stub.answer(&cmd) {
+                Reply::Done => json!({
+                    "command_id": cmd.command_id, "saga_id": cmd.saga_id, "status": "done",
+                    "service": stub.service, "error": null,
+                    "output": {"service": stub.service, "step": cmd.step},
+                }),
+                Reply::Error(error) => json!({
+                    "command_id": cmd.command_id, "saga_id": cmd.saga_id, "status": "error",
+                    "service": stub.service, "output": {}, "error": error,
+                }),
+                Reply::Retryable(error) => json!({
+                    "command_id": cmd.command_id, "saga_id": cmd.saga_id, "status": "error",
+                    "retryable": true, "service": stub.service, "output": {}, "error": error,
+                }),
+            };
             let reply_to = delivery
                 .properties
                 .reply_to()
@@ -281,4 +365,66 @@ async fn consume_on(stub: Arc<Stub>, conn: &Connection, consume: Channel) -> any
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn command(id: &str, action: &str) -> Command {
+        Command {
+            command_id: id.into(),
+            saga_id: "s".into(),
+            step: "a".into(),
+            action: action.into(),
+            payload: Value::Null,
+        }
+    }
+
+    #[test]
+    fn the_retryable_rate_is_rolled_first_then_the_error_rate() {
+        assert_eq!(verdict(false, 0.0, 0.0, (0.0, 0.0)), Verdict::Run);
+        assert_eq!(verdict(false, 0.0, 0.5, (0.4, 0.9)), Verdict::RetryLater);
+        assert_eq!(verdict(false, 0.0, 0.5, (0.6, 0.0)), Verdict::Run);
+        assert_eq!(verdict(false, 0.5, 0.5, (0.6, 0.4)), Verdict::Fail);
+        assert_eq!(verdict(true, 0.0, 0.0, (0.9, 0.9)), Verdict::Fail);
+        assert_eq!(verdict(true, 0.0, 1.0, (0.9, 0.9)), Verdict::RetryLater);
+        assert_eq!(verdict(false, 1.0, 0.0, (0.0, 0.99)), Verdict::Fail);
+    }
+
+    #[test]
+    fn a_retryable_error_is_not_the_outcome_so_a_resend_runs_again() {
+        let mut mem = Memory::default();
+        let cmd = command("c1", "execute");
+        let (reply, effect) = mem.answer(&cmd, || Verdict::RetryLater);
+        assert!(matches!(reply, Reply::Retryable(_)), "{reply:?}");
+        assert_eq!(effect, Some("retryable"));
+        assert!(!mem.executed.contains(&("s".into(), "a".into())));
+        // The re-send is decided afresh and runs; from then on its outcome is `done`.
+        let (reply, effect) = mem.answer(&cmd, || Verdict::Run);
+        assert_eq!((reply, effect), (Reply::Done, Some("execute")));
+        let (reply, effect) = mem.answer(&cmd, || Verdict::RetryLater);
+        assert_eq!((reply, effect), (Reply::Done, None));
+    }
+
+    #[test]
+    fn a_plain_error_is_the_outcome_given_again_to_every_resend() {
+        let mut mem = Memory::default();
+        let cmd = command("c1", "execute");
+        let (first, _) = mem.answer(&cmd, || Verdict::Fail);
+        let (again, effect) = mem.answer(&cmd, || Verdict::Run);
+        assert!(matches!(first, Reply::Error(_)));
+        assert_eq!((again, effect), (first, None));
+    }
+
+    #[test]
+    fn a_compensate_after_a_retryable_error_fences_the_step_it_never_ran() {
+        let mut mem = Memory::default();
+        mem.answer(&command("c1", "execute"), || Verdict::RetryLater);
+        let (reply, effect) = mem.answer(&command("c2", "compensate"), || Verdict::Run);
+        assert_eq!((reply, effect), (Reply::Done, Some("fence")));
+        let (_, effect) = mem.answer(&command("c1", "execute"), || Verdict::Run);
+        assert_eq!(effect, None, "fenced: not run");
+        assert!(!mem.executed.contains(&("s".into(), "a".into())));
+    }
 }

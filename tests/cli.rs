@@ -67,6 +67,16 @@ fn the_stub_refuses_an_error_rate_outside_zero_to_one() {
 }
 
 #[test]
+fn the_stub_refuses_a_retryable_error_rate_outside_zero_to_one() {
+    let out = Command::new(env!("CARGO_BIN_EXE_saga-stub"))
+        .args(["--queue", "q", "--retryable-error-rate", "2"])
+        .output()
+        .expect("run saga-stub");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SAGA_STUB_RETRYABLE_ERROR_RATE"));
+}
+
+#[test]
 fn help_lists_every_flag_with_its_environment_variable() {
     let out = Command::new(env!("CARGO_BIN_EXE_saga-service"))
         .args(["serve", "--help"])
@@ -87,7 +97,11 @@ fn help_lists_every_flag_with_its_environment_variable() {
         .args(["stub", "--help"])
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("SAGA_STUB_QUEUE"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for var in ["SAGA_STUB_QUEUE", "SAGA_STUB_RETRYABLE_ERROR_RATE"] {
+        assert!(text.contains(var), "{var} missing from stub --help");
+    }
+    assert!(text.contains("--retryable-error-rate"));
 }
 
 #[test]

@@ -2,6 +2,8 @@
 
 mod auth;
 mod body;
+pub mod definition_schemas;
+mod definitions;
 pub mod errors;
 mod health;
 pub mod openapi;
@@ -40,6 +42,9 @@ route_table! {
     get "/sagas/counts" => sagas::counts,
     get "/sagas/{id}" => sagas::get,
     post "/sagas/{id}/{action}" => sagas::act,
+    get "/definitions" => definitions::list,
+    get "/definitions/{name}" => definitions::get,
+    put "/definitions/{name}" => definitions::put,
     get "/liveness" => health::liveness,
     get "/readiness" => health::readiness,
     get "/metrics" => health::metrics,

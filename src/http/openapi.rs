@@ -4,7 +4,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{health, sagas, start, ApiError};
+use super::{definitions, health, sagas, start, ApiError};
 
 /// The document: every route of [`super::routes`], its parameters, bodies and answers.
 #[derive(OpenApi)]
@@ -21,6 +21,9 @@ use super::{health, sagas, start, ApiError};
         sagas::counts,
         sagas::get,
         sagas::act,
+        definitions::list,
+        definitions::get,
+        definitions::put,
         health::liveness,
         health::readiness,
         health::metrics,
@@ -30,6 +33,7 @@ use super::{health, sagas, start, ApiError};
     tags(
         (name = "sagas", description = "Start sagas and look at them"),
         (name = "operator", description = "Operator actions on one saga"),
+        (name = "definitions", description = "Saga definitions, stored with a version"),
         (name = "health", description = "Probes and metrics"),
         (name = "meta", description = "This document"),
     )
@@ -45,7 +49,7 @@ impl Modify for AdminToken {
             .scheme(HttpAuthScheme::Bearer)
             .description(Some(
                 "`Authorization: Bearer <SAGA_ADMIN_TOKEN>`: required by the operator actions \
-                 when the service runs with `SAGA_ADMIN_TOKEN` set (401 otherwise), ignored \
+                 and `PUT /definitions/{name}` when the service runs with `SAGA_ADMIN_TOKEN` set (401 otherwise), ignored \
                  when it is unset. `POST /start` never needs it.",
             ))
             .build();

@@ -273,8 +273,8 @@ fn longest_wait_s(state: &AppState) -> u64 {
     };
     core.env
         .catalog
-        .current
-        .values()
+        .current_all()
+        .iter()
         .flat_map(|d| d.steps.iter())
         .map(|s| s.timeout_ms.saturating_mul(u64::from(s.max_attempts)) / 1000)
         .max()

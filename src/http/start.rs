@@ -153,24 +153,12 @@ pub async fn start(
     let body = read_limited(&req, payload).await?;
     let request = decode(&req, &body)?;
     let core = core(&state)?;
-    let def = core
-        .env
-        .catalog
-        .current
-        .get(&request.saga)
-        .cloned()
-        .ok_or_else(|| {
-            ApiError::BadRequest(format!(
-                "unknown saga type `{}`",
-                request.saga.chars().take(100).collect::<String>()
-            ))
-        })?;
+    let pool = core.env.writer.pool();
+    let mut def = latest_definition(core, &request.saga).await?;
     if !core.env.broker.is_ready() {
         return Err(ApiError::Unavailable("broker not ready".into()));
     }
     let nonce = uuid::Uuid::new_v4().simple().to_string();
-    let mut transition = saga::start(&def, request.saga_id.0, request.payload, &nonce[..16]);
-    transition.state.started_at_ms = Some(chrono::Utc::now().timestamp_millis());
     // The caller's trace (W3C trace context), or a new one: every command carries it.
     let traceparent = req
         .headers()
@@ -178,15 +166,46 @@ pub async fn start(
         .and_then(|v| v.to_str().ok())
         .and_then(crate::domain::trace::parse_traceparent)
         .unwrap_or_else(crate::domain::trace::new_traceparent);
-    transition.state.traceparent = Some(traceparent);
     let code = request.saga_id.code();
-    match core
-        .env
-        .writer
-        .insert_started(&transition.state, &transition.record)
-        .await?
-    {
-        InsertOutcome::Inserted => {
+    let mut tries = 0;
+    // `None`: stored now; `Some`: the id was taken already.
+    let (transition, existing) = loop {
+        let mut transition = saga::start(
+            &def,
+            request.saga_id.0,
+            request.payload.clone(),
+            &nonce[..16],
+        );
+        transition.state.started_at_ms = Some(chrono::Utc::now().timestamp_millis());
+        transition.state.traceparent = Some(traceparent.clone());
+        match core
+            .env
+            .writer
+            .insert_started(&transition.state, &transition.record)
+            .await?
+        {
+            InsertOutcome::Inserted => break (transition, None),
+            InsertOutcome::Exists(existing) => break (transition, Some(existing)),
+            InsertOutcome::Outdated => {}
+        }
+        // A newer version was stored (a PUT whose notification has not reached this
+        // instance yet): start on the latest one instead.
+        tries += 1;
+        if tries >= MAX_OUTDATED_TRIES {
+            return Err(ApiError::Unavailable(format!(
+                "the definition of `{}` keeps changing; repeat the request",
+                def.name
+            )));
+        }
+        def = core
+            .env
+            .catalog
+            .fetch_latest(pool, &def.name)
+            .await?
+            .ok_or_else(|| unknown_type(&request.saga))?;
+    };
+    match existing {
+        None => {
             state
                 .metrics
                 .sagas_started
@@ -211,7 +230,7 @@ pub async fn start(
                 "saga_id": request.saga_id, "code": code, "status": "running"
             })))
         }
-        InsertOutcome::Exists(existing) => {
+        Some(existing) => {
             if existing.saga != def.name || existing.payload != transition.state.payload {
                 return Err(ApiError::Conflict(format!(
                     "saga_id {} was already started with another saga type or payload",
@@ -232,4 +251,31 @@ pub async fn start(
             })))
         }
     }
+}
+
+/// Starts refused as outdated in a row before `POST /start` gives up with 503: each one
+/// means a new version was stored while this start was being prepared.
+const MAX_OUTDATED_TRIES: u32 = 5;
+
+fn unknown_type(saga: &str) -> ApiError {
+    ApiError::BadRequest(format!(
+        "unknown saga type `{}`",
+        saga.chars().take(100).collect::<String>()
+    ))
+}
+
+/// The latest version of a saga type: as this instance knows it, or as PostgreSQL does
+/// for a type stored (over HTTP) elsewhere that this instance has not heard of yet.
+async fn latest_definition(
+    core: &crate::app_state::Core,
+    saga: &str,
+) -> Result<std::sync::Arc<crate::domain::SagaDefinition>, ApiError> {
+    if let Some(def) = core.env.catalog.current(saga) {
+        return Ok(def);
+    }
+    core.env
+        .catalog
+        .fetch_latest(core.env.writer.pool(), saga)
+        .await?
+        .ok_or_else(|| unknown_type(saga))
 }

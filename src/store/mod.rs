@@ -1,6 +1,7 @@
 //! The only module that speaks SQL: pool, migrations, definitions, snapshots, history, queries.
 
 mod definitions;
+mod definitions_listener;
 pub mod leases;
 mod migrations;
 pub mod outbox;
@@ -15,7 +16,10 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
 
-pub use definitions::{register_definitions, DefinitionCatalog};
+pub use definitions::{
+    latest_all, load as load_definition, put_definition, register_definitions, DefinitionCatalog,
+};
+pub use definitions_listener::listen as listen_for_definitions;
 pub use migrations::{migrate, MIGRATIONS};
 pub use queries::{Cursor, HistoryRow, ListFilter, QuarantineRow, SagaRow, SagaView, ViewPage};
 pub use snapshots::{InsertOutcome, SnapshotWrite, SnapshotWriter, StartConflict};

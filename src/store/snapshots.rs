@@ -89,6 +89,9 @@ pub enum InsertOutcome {
     Inserted,
     /// The id was taken already.
     Exists(StartConflict),
+    /// Nothing was stored: a newer version of the saga's definition exists (stored by a
+    /// `PUT` this instance has not heard of yet); start it again on the latest version.
+    Outdated,
 }
 
 /// The stored saga that holds an id.
@@ -134,17 +137,25 @@ WITH input AS (
 )
 SELECT id FROM upd";
 
+// The saga is stored only while its definition version is the latest of its type: a
+// version stored (committed) before this statement began makes it insert nothing and answer
+// `outdated`, so a start that follows a `PUT /definitions/{name}` always runs the new version,
+// however late this instance's notification of it is. The check is one probe of the
+// primary key of `saga_definitions`.
 const INSERT_START: &str = "
-WITH ins AS (
+WITH newer AS (
+    SELECT EXISTS (SELECT 1 FROM saga_definitions WHERE name = $2 AND version > $3) AS outdated
+), ins AS (
     INSERT INTO sagas (id, saga, definition_version, status, version, step, payload, state)
-    VALUES ($1, $2, $3, $4, 1, $5, $6, $7)
+    SELECT $1::uuid, $2::text, $3::int, $4::text, 1, $5::text, $6::jsonb, $7::jsonb
+      FROM newer WHERE NOT newer.outdated
     ON CONFLICT (id) DO NOTHING
     RETURNING id
 ), ev AS (
     INSERT INTO saga_events (saga_id, version, event, step, status, traceparent)
     SELECT id, 1, $8, $5, $4, $9 FROM ins
 )
-SELECT count(*) FROM ins";
+SELECT (SELECT count(*) FROM ins), (SELECT outdated FROM newer)";
 
 impl SnapshotWriter {
     /// Starts `writers` tasks that each commit up to `batch` transitions per transaction,
@@ -191,7 +202,8 @@ impl SnapshotWriter {
         wait.await.map_err(|_| StoreError::WriterGone)?
     }
 
-    /// Stores a new saga at version 1 with its `started` history row, unless its id is taken.
+    /// Stores a new saga at version 1 with its `started` history row, unless its id is taken
+    /// or its definition version is no longer the latest of its type.
     pub async fn insert_started(
         &self,
         state: &SagaState,
@@ -218,6 +230,9 @@ impl SnapshotWriter {
             .await?;
         if row.get::<_, i64>(0) == 1 {
             return Ok(InsertOutcome::Inserted);
+        }
+        if row.get::<_, bool>(1) {
+            return Ok(InsertOutcome::Outdated);
         }
         let existing = client
             .query_opt(

@@ -11,6 +11,7 @@ mod cluster;
 mod compensation;
 mod completion;
 mod consumers;
+mod definitions;
 mod forgery;
 mod forwarding;
 mod guarded;

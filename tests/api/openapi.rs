@@ -38,6 +38,17 @@ const PROBES: &[(&str, &str, u16)] = &[
     ("post", "/sagas/{id}/{action}", 412),
     ("post", "/sagas/{id}/{action}", 413),
     ("post", "/sagas/{id}/{action}", 503),
+    ("get", "/definitions", 200),
+    ("get", "/definitions", 503),
+    ("get", "/definitions/{name}", 200),
+    ("get", "/definitions/{name}", 400),
+    ("get", "/definitions/{name}", 404),
+    ("get", "/definitions/{name}", 503),
+    ("put", "/definitions/{name}", 200),
+    ("put", "/definitions/{name}", 400),
+    ("put", "/definitions/{name}", 401),
+    ("put", "/definitions/{name}", 413),
+    ("put", "/definitions/{name}", 503),
     ("get", "/liveness", 200),
     ("get", "/readiness", 200),
     ("get", "/readiness", 500),
@@ -69,6 +80,11 @@ fn requests(c: &Ctx, method: &str, path: &str, status: u16) -> Vec<RequestBuilde
         post(up, &format!("/sagas/{id}/{action}")).bearer_auth(TOKEN)
     };
     let start = |app: &TestApp, body: Value| post(app, "/start").json(&body);
+    let put_def = |app: &TestApp, name: &str, body: Value| {
+        app.http
+            .put(app.url(&format!("/definitions/{name}")))
+            .json(&body)
+    };
     let saga = up.saga().to_string();
     let new = || json!({"saga_id": Uuid::new_v4(), "saga": saga, "payload": {"mode": "ok"}});
     let big = "x".repeat(70 * 1024);
@@ -159,6 +175,56 @@ fn requests(c: &Ctx, method: &str, path: &str, status: u16) -> Vec<RequestBuilde
         ("post", "/sagas/{id}/{action}", 413) => vec![act(&held[2], "abort").body(big)],
         ("post", "/sagas/{id}/{action}", 503) => {
             vec![post(down, &format!("/sagas/{}/abort", Uuid::new_v4()))]
+        }
+        ("get", "/definitions", 200) => vec![get(up, "/definitions")],
+        ("get", "/definitions", 503) => vec![get(down, "/definitions")],
+        ("get", "/definitions/{name}", 200) => vec![
+            get(up, &format!("/definitions/{saga}")),
+            get(up, &format!("/definitions/{saga}?version=1")),
+        ],
+        ("get", "/definitions/{name}", 400) => {
+            vec![get(up, &format!("/definitions/{saga}?version=one"))]
+        }
+        ("get", "/definitions/{name}", 404) => vec![
+            get(up, "/definitions/no-such-saga"),
+            get(up, &format!("/definitions/{saga}?version=99")),
+        ],
+        ("get", "/definitions/{name}", 503) => vec![get(down, &format!("/definitions/{saga}"))],
+        ("put", "/definitions/{name}", 200) => {
+            let q = up.names.queue(1);
+            let def = json!({"steps": [{"name": "only", "queue": q, "group": "g", "retry_backoff_ms": 5}]});
+            let name = format!("{}_put", up.names.prefix);
+            vec![
+                put_def(up, &name, def.clone()).bearer_auth(TOKEN),
+                put_def(up, &name, def).bearer_auth(TOKEN),
+            ]
+        }
+        ("put", "/definitions/{name}", 400) => vec![
+            put_def(up, "x", json!({"steps": []})).bearer_auth(TOKEN),
+            put_def(
+                up,
+                "x",
+                json!({"steps": [{"name": "a", "queue": "q", "timeout": 1}]}),
+            )
+            .bearer_auth(TOKEN),
+            up.http
+                .put(up.url("/definitions/x"))
+                .bearer_auth(TOKEN)
+                .body("{not json"),
+        ],
+        ("put", "/definitions/{name}", 401) => vec![
+            put_def(up, "x", json!({"steps": [{"name": "a", "queue": "q"}]})),
+            put_def(up, "x", json!({"steps": [{"name": "a", "queue": "q"}]})).bearer_auth("wrong"),
+        ],
+        ("put", "/definitions/{name}", 413) => {
+            vec![put_def(up, "x", json!({"x": big})).bearer_auth(TOKEN)]
+        }
+        ("put", "/definitions/{name}", 503) => {
+            vec![put_def(
+                down,
+                "x",
+                json!({"steps": [{"name": "a", "queue": "q"}]}),
+            )]
         }
         ("get", "/liveness", 200) => vec![get(up, "/liveness")],
         ("get", "/readiness", 200) => vec![get(up, "/readiness")],
@@ -372,7 +438,8 @@ async fn openapi_json_is_valid_and_every_documented_status_and_every_served_rout
     for path in doc["paths"].as_object().unwrap().keys() {
         let concrete = path
             .replace("{id}", &c.held[2].to_string())
-            .replace("{action}", "abort");
+            .replace("{action}", "abort")
+            .replace("{name}", "default");
         for method in ["get", "post", "put", "patch", "delete"] {
             if paths.contains(&(method.to_string(), path.clone())) {
                 continue;
