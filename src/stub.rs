@@ -1,7 +1,8 @@
 //! The participant stub: consumes one command queue and replies per CONTRACT.md section 3.
 //!
 //! It executes each `command_id` at most once (a re-sent command gets the first answer
-//! again), answers `done` to a compensate for a step it never executed, fails an execute
+//! again), answers `done` to a compensate for a step it never executed (and `error`, without
+//! running it, to that step's execute if it arrives afterwards), fails an execute
 //! with `--error-rate` probability or when the saga's payload lists the step in
 //! `fail_steps`, answers a retryable error (not remembered: a re-send runs again) with
 //! `--retryable-error-rate` probability, and can append every effect to a file that
@@ -108,8 +109,15 @@ impl Memory {
                 (Reply::Done, Some("fence"))
             }
         } else if self.fenced.contains(&key) {
-            // Compensated already: acknowledge without running it.
-            (Reply::Done, None)
+            // Compensated already: it must not run (its effect would never be undone), and
+            // the answer is `error` (CONTRACT.md section 3).
+            (
+                Reply::Error(format!(
+                    "step {} was compensated before it ran: not run",
+                    cmd.step
+                )),
+                None,
+            )
         } else {
             match decide() {
                 Verdict::RetryLater => {
@@ -423,8 +431,12 @@ mod tests {
         mem.answer(&command("c1", "execute"), || Verdict::RetryLater);
         let (reply, effect) = mem.answer(&command("c2", "compensate"), || Verdict::Run);
         assert_eq!((reply, effect), (Reply::Done, Some("fence")));
-        let (_, effect) = mem.answer(&command("c1", "execute"), || Verdict::Run);
+        let (reply, effect) = mem.answer(&command("c1", "execute"), || Verdict::Run);
         assert_eq!(effect, None, "fenced: not run");
+        assert!(
+            matches!(reply, Reply::Error(_)),
+            "answered error: {reply:?}"
+        );
         assert!(!mem.executed.contains(&("s".into(), "a".into())));
     }
 }
