@@ -7,9 +7,7 @@ pub mod transition;
 #[cfg(test)]
 mod tests;
 
-pub use event::{
-    Effect, Event, Record, ReplyOutcome, Transition, TransitionError, DEADLINE_TIMER,
-};
+pub use event::{Effect, Event, Record, ReplyOutcome, Transition, TransitionError, DEADLINE_TIMER};
 pub use state::{
     command_id, Pending, Phase, SagaState, Status, StepAction, StepRecord, StepStatus,
 };

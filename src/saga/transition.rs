@@ -323,7 +323,12 @@ fn send(
 }
 
 /// Sends the execute of every step of the stage that starts at `first`.
-fn send_stage(state: &mut SagaState, def: &SagaDefinition, first: usize, effects: &mut Vec<Effect>) {
+fn send_stage(
+    state: &mut SagaState,
+    def: &SagaDefinition,
+    first: usize,
+    effects: &mut Vec<Effect>,
+) {
     for k in def.stage(first) {
         send(state, def, k, StepAction::Execute, 1, effects);
     }
