@@ -1658,3 +1658,6 @@ fn command_ids_carry_a_digest_of_the_saga_secret_that_differs_per_step_action() 
     let ids: Vec<&str> = s.pending.iter().map(|p| p.command_id.as_str()).collect();
     assert_eq!(ids, [real.as_str()]);
 }
+
+mod groups;
+mod pause;
