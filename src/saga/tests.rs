@@ -1661,3 +1661,4 @@ fn command_ids_carry_a_digest_of_the_saga_secret_that_differs_per_step_action() 
 
 mod groups;
 mod pause;
+mod random;
