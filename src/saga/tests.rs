@@ -80,6 +80,18 @@ fn error(command_id: &str, why: &str) -> Event {
         command_id: command_id.to_string(),
         outcome: ReplyOutcome::Error {
             error: Some(why.to_string()),
+            retryable: false,
+        },
+    }
+}
+
+/// An `error` reply with `"retryable": true`.
+fn retryable(command_id: &str, why: &str) -> Event {
+    Event::Reply {
+        command_id: command_id.to_string(),
+        outcome: ReplyOutcome::Error {
+            error: Some(why.to_string()),
+            retryable: true,
         },
     }
 }
@@ -98,13 +110,25 @@ fn skip(d: &SagaDefinition, k: usize) -> Event {
     }
 }
 
-/// The timer `state` has armed for `command_id` (its current generation) going off.
-fn fire(state: &SagaState, command_id: &str) -> Event {
-    timer(command_id, state.timer)
+/// The timer generation `state` has armed for `command_id` (0 when it is not pending).
+fn generation_of(state: &SagaState, command_id: &str) -> i64 {
+    state.pending_command(command_id).map_or(0, |p| p.timer)
 }
 
-/// The two effects of sending `action` of `step`: the command, then its time-out.
-fn sends(d: &SagaDefinition, step: usize, action: StepAction, attempt: u32) -> Vec<Effect> {
+/// The timer `state` has armed for `command_id` (its current generation) going off.
+fn fire(state: &SagaState, command_id: &str) -> Event {
+    timer(command_id, generation_of(state, command_id))
+}
+
+/// The two effects of sending `action` of `step` with timer generation `generation`: the
+/// command, then its time-out.
+fn sends(
+    d: &SagaDefinition,
+    step: usize,
+    action: StepAction,
+    attempt: u32,
+    generation: i64,
+) -> Vec<Effect> {
     let command_id = id_of(d, step, action);
     vec![
         Effect::Send {
@@ -112,34 +136,57 @@ fn sends(d: &SagaDefinition, step: usize, action: StepAction, attempt: u32) -> V
             action,
             command_id: command_id.clone(),
             attempt,
+            generation,
         },
         Effect::ArmTimer {
             command_id,
             attempt,
+            generation,
             after_ms: timeout_of(step),
         },
     ]
 }
 
+/// One pending command.
+fn one(
+    d: &SagaDefinition,
+    step: usize,
+    action: StepAction,
+    attempt: u32,
+    phase: Phase,
+    timer: i64,
+) -> Pending {
+    Pending {
+        step,
+        action,
+        command_id: id_of(d, step, action),
+        attempt,
+        phase,
+        timer,
+    }
+}
+
+/// The pending set of a saga waiting on one command.
 fn pending(
     d: &SagaDefinition,
     step: usize,
     action: StepAction,
     attempt: u32,
     phase: Phase,
-) -> Option<Pending> {
-    Some(Pending {
-        step,
-        action,
-        command_id: id_of(d, step, action),
-        attempt,
-        phase,
-    })
+    timer: i64,
+) -> Vec<Pending> {
+    vec![one(d, step, action, attempt, phase, timer)]
 }
 
-/// The pending command right after a send.
-fn waits(d: &SagaDefinition, step: usize, action: StepAction, attempt: u32) -> Option<Pending> {
-    pending(d, step, action, attempt, Phase::AwaitingReply)
+/// The pending set right after a send of one command, armed with generation `timer`.
+fn waits(
+    d: &SagaDefinition,
+    step: usize,
+    action: StepAction,
+    attempt: u32,
+    timer: i64,
+) -> Vec<Pending> {
+    pending(d, step, action, attempt, Phase::AwaitingReply, timer)
 }
 
 fn rec(event: &str, step: &str, detail: Option<&str>) -> Record {
@@ -148,6 +195,11 @@ fn rec(event: &str, step: &str, detail: Option<&str>) -> Record {
         step: Some(step.to_string()),
         detail: detail.map(str::to_string),
     }
+}
+
+/// The steps of the pending commands, in order.
+fn steps_pending(s: &SagaState) -> Vec<usize> {
+    s.pending.iter().map(|p| p.step).collect()
 }
 
 fn statuses(s: &SagaState) -> Vec<StepStatus> {
@@ -199,7 +251,7 @@ fn running_at(d: &SagaDefinition, k: usize) -> SagaState {
 /// Answers the pending compensate `error` (with back-off re-sends) until the saga is failed.
 fn exhaust_compensation(mut s: SagaState, d: &SagaDefinition) -> SagaState {
     while s.status == Status::Compensating {
-        let Some(p) = s.pending.clone() else {
+        let Some(p) = s.pending.first().cloned() else {
             panic!("compensating without a pending command");
         };
         s = ok(&s, d, &error(&p.command_id, "no")).state;
@@ -245,9 +297,9 @@ fn start_stores_version_one_and_sends_step_one_with_its_timeout() {
     assert_eq!(statuses(s), [St::Executing, St::NotStarted, St::NotStarted]);
     assert_eq!(s.steps[0].attempts, 1);
     assert_eq!(s.steps[0].compensate_attempts, 0);
-    assert_eq!(s.pending, waits(&d, 0, Execute, 1));
+    assert_eq!(s.pending, waits(&d, 0, Execute, 1, s.version));
     assert!(s.to_compensate.is_empty());
-    assert_eq!(t.effects, sends(&d, 0, Execute, 1));
+    assert_eq!(t.effects, sends(&d, 0, Execute, 1, t.state.version));
     assert_eq!(t.record, rec("started", "a", None));
 }
 
@@ -268,8 +320,8 @@ fn done_on_a_middle_step_sends_the_next_step_and_keeps_its_output() {
         Value::Object(s.results.clone()),
         json!({"a": {"seat": "12A"}})
     );
-    assert_eq!(s.pending, waits(&d, 1, Execute, 1));
-    assert_eq!(t.effects, sends(&d, 1, Execute, 1));
+    assert_eq!(s.pending, waits(&d, 1, Execute, 1, s.version));
+    assert_eq!(t.effects, sends(&d, 1, Execute, 1, t.state.version));
     assert_eq!(t.record, rec("step_done", "a", None));
 }
 
@@ -282,8 +334,8 @@ fn results_accumulate_the_output_of_every_done_step() {
         json!({"a": {"n": 0}, "b": ["x"]})
     );
     assert_eq!(t.state.version, 3);
-    assert_eq!(t.state.pending, waits(&d, 2, Execute, 1));
-    assert_eq!(t.effects, sends(&d, 2, Execute, 1));
+    assert_eq!(t.state.pending, waits(&d, 2, Execute, 1, t.state.version));
+    assert_eq!(t.effects, sends(&d, 2, Execute, 1, t.state.version));
 }
 
 #[test]
@@ -302,7 +354,7 @@ fn done_on_the_last_step_completes_and_announces() {
         Value::Object(s.results.clone()),
         json!({"a": {"n": 0}, "b": {"n": 1}, "c": {"ok": true}})
     );
-    assert_eq!(s.pending, None);
+    assert!(s.pending.is_empty());
     assert!(s.to_compensate.is_empty());
     assert_eq!(t.effects, [Effect::Announce(Status::Completed)]);
     assert_eq!(t.record, rec("completed", "c", None));
@@ -330,9 +382,9 @@ fn error_on_step_three_compensates_two_then_one() {
     assert_eq!(statuses(s), [St::Done, St::Compensating, St::Failed]);
     assert_eq!(s.steps[2].error.as_deref(), Some("no seats"));
     assert_eq!(s.steps[1].compensate_attempts, 1);
-    assert_eq!(s.pending, waits(&d, 1, Compensate, 1));
+    assert_eq!(s.pending, waits(&d, 1, Compensate, 1, s.version));
     assert_eq!(s.to_compensate, [0]);
-    assert_eq!(t.effects, sends(&d, 1, Compensate, 1));
+    assert_eq!(t.effects, sends(&d, 1, Compensate, 1, t.state.version));
     assert_eq!(t.record, rec("step_failed", "c", Some("no seats")));
 
     let t = ok(s, &d, &done(&comp_id(&d, 1), json!({})));
@@ -340,9 +392,9 @@ fn error_on_step_three_compensates_two_then_one() {
     assert_eq!(s.status, Status::Compensating);
     assert_eq!(s.version, 5);
     assert_eq!(statuses(s), [St::Compensating, St::Compensated, St::Failed]);
-    assert_eq!(s.pending, waits(&d, 0, Compensate, 1));
+    assert_eq!(s.pending, waits(&d, 0, Compensate, 1, s.version));
     assert!(s.to_compensate.is_empty());
-    assert_eq!(t.effects, sends(&d, 0, Compensate, 1));
+    assert_eq!(t.effects, sends(&d, 0, Compensate, 1, t.state.version));
     assert_eq!(t.record, rec("step_compensated", "b", None));
 
     let t = ok(s, &d, &done(&comp_id(&d, 0), json!({})));
@@ -350,7 +402,7 @@ fn error_on_step_three_compensates_two_then_one() {
     assert_eq!(s.status, Status::Compensated);
     assert_eq!(s.version, 6);
     assert_eq!(statuses(s), [St::Compensated, St::Compensated, St::Failed]);
-    assert_eq!(s.pending, None);
+    assert!(s.pending.is_empty());
     assert_eq!(t.effects, [Effect::Announce(Status::Compensated)]);
     assert_eq!(t.record, rec("compensated", "a", None));
 }
@@ -364,7 +416,7 @@ fn error_on_step_one_is_compensated_at_once_without_sending_a_compensate() {
     assert_eq!(s.version, 2);
     assert_eq!(statuses(s), [St::Failed, St::NotStarted, St::NotStarted]);
     assert_eq!(s.steps[0].compensate_attempts, 0);
-    assert_eq!(s.pending, None);
+    assert!(s.pending.is_empty());
     assert_eq!(t.effects, [Effect::Announce(Status::Compensated)]);
     assert_eq!(
         t.record,
@@ -377,7 +429,10 @@ fn an_error_without_a_reason_is_recorded_without_detail() {
     let d = abc();
     let event = Event::Reply {
         command_id: exec_id(&d, 0),
-        outcome: ReplyOutcome::Error { error: None },
+        outcome: ReplyOutcome::Error {
+            error: None,
+            retryable: false,
+        },
     };
     let t = ok(&started(&d), &d, &event);
     assert_eq!(t.state.steps[0].error, None);
@@ -388,13 +443,19 @@ fn an_error_without_a_reason_is_recorded_without_detail() {
 fn steps_without_compensate_are_skipped_in_compensation() {
     let d = def(&[("a", true), ("b", false), ("c", true), ("d", true)]);
     let t = ok(&running_at(&d, 3), &d, &error(&exec_id(&d, 3), "no"));
-    assert_eq!(t.state.pending, waits(&d, 2, Compensate, 1));
+    assert_eq!(
+        t.state.pending,
+        waits(&d, 2, Compensate, 1, t.state.version)
+    );
     assert_eq!(t.state.to_compensate, [0]);
-    assert_eq!(t.effects, sends(&d, 2, Compensate, 1));
+    assert_eq!(t.effects, sends(&d, 2, Compensate, 1, t.state.version));
 
     let t = ok(&t.state, &d, &done(&comp_id(&d, 2), json!({})));
-    assert_eq!(t.state.pending, waits(&d, 0, Compensate, 1));
-    assert_eq!(t.effects, sends(&d, 0, Compensate, 1));
+    assert_eq!(
+        t.state.pending,
+        waits(&d, 0, Compensate, 1, t.state.version)
+    );
+    assert_eq!(t.effects, sends(&d, 0, Compensate, 1, t.state.version));
     assert_eq!(t.record, rec("step_compensated", "c", None));
 
     let t = ok(&t.state, &d, &done(&comp_id(&d, 0), json!({})));
@@ -427,14 +488,14 @@ fn a_time_out_resends_the_same_execute_command_with_the_next_attempt() {
     assert_eq!(t.state.status, Status::Running);
     assert_eq!(t.state.steps[1].attempts, 2);
     assert_eq!(t.state.steps[1].status, St::Executing);
-    assert_eq!(t.state.pending, waits(&d, 1, Execute, 2));
-    assert_eq!(t.effects, sends(&d, 1, Execute, 2));
+    assert_eq!(t.state.pending, waits(&d, 1, Execute, 2, t.state.version));
+    assert_eq!(t.effects, sends(&d, 1, Execute, 2, t.state.version));
     assert_eq!(t.record, rec("step_resent", "b", None));
 
     let t = ok(&t.state, &d, &fire(&t.state, &exec_id(&d, 1)));
     assert_eq!(t.state.steps[1].attempts, 3);
-    assert_eq!(t.state.pending, waits(&d, 1, Execute, 3));
-    assert_eq!(t.effects, sends(&d, 1, Execute, 3));
+    assert_eq!(t.state.pending, waits(&d, 1, Execute, 3, t.state.version));
+    assert_eq!(t.effects, sends(&d, 1, Execute, 3, t.state.version));
     assert_eq!(t.state.version, s.version + 2);
 }
 
@@ -443,8 +504,8 @@ fn a_reply_to_a_resent_execute_is_accepted_as_usual() {
     let d = abc();
     let s = ok(&started(&d), &d, &fire(&started(&d), &exec_id(&d, 0))).state;
     let t = ok(&s, &d, &done(&exec_id(&d, 0), json!({"late": 1})));
-    assert_eq!(t.state.pending, waits(&d, 1, Execute, 1));
-    assert_eq!(t.effects, sends(&d, 1, Execute, 1));
+    assert_eq!(t.state.pending, waits(&d, 1, Execute, 1, t.state.version));
+    assert_eq!(t.effects, sends(&d, 1, Execute, 1, t.state.version));
     assert_eq!(t.state.steps[0].attempts, 2);
 }
 
@@ -460,19 +521,19 @@ fn after_max_attempts_the_timed_out_step_is_compensated_before_earlier_ones() {
     assert_eq!(s.status, Status::Compensating);
     assert_eq!(s.steps[2].attempts, MAX_ATTEMPTS);
     assert_eq!(statuses(s), [St::Done, St::Done, St::Compensating]);
-    assert_eq!(s.pending, waits(&d, 2, Compensate, 1));
+    assert_eq!(s.pending, waits(&d, 2, Compensate, 1, s.version));
     assert_eq!(s.to_compensate, [1, 0]);
-    assert_eq!(t.effects, sends(&d, 2, Compensate, 1));
+    assert_eq!(t.effects, sends(&d, 2, Compensate, 1, t.state.version));
     assert_eq!(
         t.record,
         rec("step_timed_out", "c", Some("no reply after 3 attempts"))
     );
 
     let t = ok(s, &d, &done(&comp_id(&d, 2), json!({})));
-    assert_eq!(t.effects, sends(&d, 1, Compensate, 1));
+    assert_eq!(t.effects, sends(&d, 1, Compensate, 1, t.state.version));
     assert_eq!(t.state.to_compensate, [0]);
     let t = ok(&t.state, &d, &done(&comp_id(&d, 1), json!({})));
-    assert_eq!(t.effects, sends(&d, 0, Compensate, 1));
+    assert_eq!(t.effects, sends(&d, 0, Compensate, 1, t.state.version));
     let t = ok(&t.state, &d, &done(&comp_id(&d, 0), json!({})));
     assert_eq!(t.state.status, Status::Compensated);
     assert_eq!(statuses(&t.state), [St::Compensated; 3]);
@@ -488,9 +549,12 @@ fn a_timed_out_step_without_compensate_is_skipped_but_earlier_ones_are_not() {
         &fire(&running_at(&d, 1), &exec_id(&d, 1)),
     );
     assert_eq!(statuses(&t.state), [St::Compensating, St::TimedOut]);
-    assert_eq!(t.state.pending, waits(&d, 0, Compensate, 1));
+    assert_eq!(
+        t.state.pending,
+        waits(&d, 0, Compensate, 1, t.state.version)
+    );
     assert!(t.state.to_compensate.is_empty());
-    assert_eq!(t.effects, sends(&d, 0, Compensate, 1));
+    assert_eq!(t.effects, sends(&d, 0, Compensate, 1, t.state.version));
     assert_eq!(
         t.record,
         rec("step_timed_out", "b", Some("no reply after 1 attempts"))
@@ -503,7 +567,7 @@ fn a_timed_out_first_step_without_compensate_is_compensated_at_once() {
     let t = ok(&started(&d), &d, &fire(&started(&d), &exec_id(&d, 0)));
     assert_eq!(t.state.status, Status::Compensated);
     assert_eq!(statuses(&t.state), [St::TimedOut, St::NotStarted]);
-    assert_eq!(t.state.pending, None);
+    assert!(t.state.pending.is_empty());
     assert_eq!(t.effects, [Effect::Announce(Status::Compensated)]);
 }
 
@@ -534,26 +598,34 @@ fn a_compensate_answered_error_backs_off_then_resends_with_the_next_attempt() {
     assert_eq!(b.steps[1].status, St::Compensating);
     assert_eq!(b.steps[1].error.as_deref(), Some("locked"));
     assert_eq!(b.steps[1].compensate_attempts, 1);
-    assert_eq!(b.pending, pending(&d, 1, Compensate, 1, Phase::BackingOff));
+    assert_eq!(
+        b.pending,
+        pending(&d, 1, Compensate, 1, Phase::BackingOff, b.version)
+    );
     assert_eq!(b.to_compensate, [0]);
     let backoff = Effect::ArmTimer {
         command_id: comp_id(&d, 1),
         attempt: 1,
+        generation: b.version,
         after_ms: 1_000,
     };
     assert_eq!(t.effects, [backoff]);
     assert_eq!(t.record, rec("compensation_error", "b", Some("locked")));
 
     let t = ok(b, &d, &fire(b, &comp_id(&d, 1)));
-    assert_eq!(t.state.pending, waits(&d, 1, Compensate, 2));
+    assert_eq!(
+        t.state.pending,
+        waits(&d, 1, Compensate, 2, t.state.version)
+    );
     assert_eq!(t.state.steps[1].compensate_attempts, 2);
-    assert_eq!(t.effects, sends(&d, 1, Compensate, 2));
+    assert_eq!(t.effects, sends(&d, 1, Compensate, 2, t.state.version));
     assert_eq!(t.record, rec("compensation_resent", "b", None));
 
     let t = ok(&t.state, &d, &error(&comp_id(&d, 1), "locked"));
     let backoff = Effect::ArmTimer {
         command_id: comp_id(&d, 1),
         attempt: 2,
+        generation: t.state.version,
         after_ms: 2_000,
     };
     assert_eq!(t.effects, [backoff]);
@@ -570,15 +642,20 @@ fn each_compensate_error_doubles_the_backoff_up_to_the_cap() {
             [Effect::ArmTimer {
                 command_id,
                 attempt: a,
+                generation,
                 after_ms,
             }] => {
                 assert_eq!((command_id, *a), (&comp_id(&d, 0), attempt));
+                assert_eq!(*generation, t.state.version);
                 delays.push(*after_ms);
             }
             other => panic!("attempt {attempt}: {other:?}"),
         }
         let t = ok(&t.state, &d, &fire(&t.state, &comp_id(&d, 0)));
-        assert_eq!(t.effects, sends(&d, 0, Compensate, attempt + 1));
+        assert_eq!(
+            t.effects,
+            sends(&d, 0, Compensate, attempt + 1, t.state.version)
+        );
         s = t.state;
     }
     assert_eq!(
@@ -589,7 +666,7 @@ fn each_compensate_error_doubles_the_backoff_up_to_the_cap() {
     assert_eq!(t.state.status, Status::Failed);
     assert_eq!(
         t.state.pending,
-        pending(&d, 0, Compensate, 10, Phase::Parked)
+        pending(&d, 0, Compensate, 10, Phase::Parked, t.state.version - 1)
     );
 }
 
@@ -609,7 +686,14 @@ fn a_compensate_that_keeps_failing_fails_the_saga_after_max_attempts() {
     assert_eq!(f.steps[1].error.as_deref(), Some("still locked"));
     assert_eq!(
         f.pending,
-        pending(&d, 1, Compensate, MAX_ATTEMPTS, Phase::Parked)
+        pending(
+            &d,
+            1,
+            Compensate,
+            MAX_ATTEMPTS,
+            Phase::Parked,
+            f.version - 1
+        )
     );
     assert_eq!(f.to_compensate, [0], "the rest waits for the operator");
     assert_eq!(t.effects, [Effect::Announce(Status::Failed)]);
@@ -625,19 +709,22 @@ fn an_unanswered_compensate_is_resent_after_its_timeout_then_fails() {
     let s = ok(&running_at(&d, 2), &d, &error(&exec_id(&d, 2), "no")).state;
     let t = ok(&s, &d, &fire(&s, &comp_id(&d, 1)));
     assert_eq!(t.state.status, Status::Compensating);
-    assert_eq!(t.state.pending, waits(&d, 1, Compensate, 2));
-    assert_eq!(t.effects, sends(&d, 1, Compensate, 2));
+    assert_eq!(
+        t.state.pending,
+        waits(&d, 1, Compensate, 2, t.state.version)
+    );
+    assert_eq!(t.effects, sends(&d, 1, Compensate, 2, t.state.version));
     assert_eq!(t.record, rec("compensation_resent", "b", None));
 
     let t = ok(&t.state, &d, &fire(&t.state, &comp_id(&d, 1)));
-    assert_eq!(t.effects, sends(&d, 1, Compensate, 3));
+    assert_eq!(t.effects, sends(&d, 1, Compensate, 3, t.state.version));
 
     let t = ok(&t.state, &d, &fire(&t.state, &comp_id(&d, 1)));
     assert_eq!(t.state.status, Status::Failed);
     assert_eq!(t.state.steps[1].status, St::CompensationFailed);
     assert_eq!(
         t.state.pending,
-        pending(&d, 1, Compensate, 3, Phase::Parked)
+        pending(&d, 1, Compensate, 3, Phase::Parked, t.state.version - 1)
     );
     assert_eq!(t.state.to_compensate, [0]);
     assert_eq!(t.effects, [Effect::Announce(Status::Failed)]);
@@ -670,9 +757,9 @@ fn retry_of_a_failed_saga_resends_the_same_compensate_with_attempt_one() {
     assert_eq!(s.status, Status::Compensating);
     assert_eq!(s.steps[1].status, St::Compensating);
     assert_eq!(s.steps[1].compensate_attempts, MAX_ATTEMPTS + 1);
-    assert_eq!(s.pending, waits(&d, 1, Compensate, 1));
+    assert_eq!(s.pending, waits(&d, 1, Compensate, 1, s.version));
     assert_eq!(s.to_compensate, [0]);
-    assert_eq!(t.effects, sends(&d, 1, Compensate, 1));
+    assert_eq!(t.effects, sends(&d, 1, Compensate, 1, t.state.version));
     assert_eq!(t.record, rec("retried", "b", None));
 }
 
@@ -681,7 +768,7 @@ fn a_retried_compensation_continues_with_the_remaining_steps() {
     let (d, f) = failed_abc();
     let s = ok(&f, &d, &Event::Retry).state;
     let t = ok(&s, &d, &done(&comp_id(&d, 1), json!({})));
-    assert_eq!(t.effects, sends(&d, 0, Compensate, 1));
+    assert_eq!(t.effects, sends(&d, 0, Compensate, 1, t.state.version));
     let t = ok(&t.state, &d, &done(&comp_id(&d, 0), json!({})));
     assert_eq!(t.state.status, Status::Compensated);
     assert_eq!(t.effects, [Effect::Announce(Status::Compensated)]);
@@ -726,15 +813,15 @@ fn abort_compensates_the_pending_step_first_then_earlier_done_ones() {
     assert_eq!(s.status, Status::Compensating);
     assert_eq!(s.version, 4);
     assert_eq!(statuses(s), [St::Done, St::Done, St::Compensating]);
-    assert_eq!(s.pending, waits(&d, 2, Compensate, 1));
+    assert_eq!(s.pending, waits(&d, 2, Compensate, 1, s.version));
     assert_eq!(s.to_compensate, [1, 0]);
-    assert_eq!(t.effects, sends(&d, 2, Compensate, 1));
+    assert_eq!(t.effects, sends(&d, 2, Compensate, 1, t.state.version));
     assert_eq!(t.record, rec("aborted", "c", None));
 
     let t = ok(s, &d, &done(&comp_id(&d, 2), json!({})));
-    assert_eq!(t.effects, sends(&d, 1, Compensate, 1));
+    assert_eq!(t.effects, sends(&d, 1, Compensate, 1, t.state.version));
     let t = ok(&t.state, &d, &done(&comp_id(&d, 1), json!({})));
-    assert_eq!(t.effects, sends(&d, 0, Compensate, 1));
+    assert_eq!(t.effects, sends(&d, 0, Compensate, 1, t.state.version));
     let t = ok(&t.state, &d, &done(&comp_id(&d, 0), json!({})));
     assert_eq!(t.state.status, Status::Compensated);
     assert_eq!(t.effects, [Effect::Announce(Status::Compensated)]);
@@ -745,8 +832,11 @@ fn abort_of_a_pending_step_without_compensate_starts_with_the_earlier_ones() {
     let d = def(&[("a", true), ("b", false)]);
     let t = ok(&running_at(&d, 1), &d, &Event::Abort);
     assert_eq!(statuses(&t.state), [St::Compensating, St::Aborted]);
-    assert_eq!(t.state.pending, waits(&d, 0, Compensate, 1));
-    assert_eq!(t.effects, sends(&d, 0, Compensate, 1));
+    assert_eq!(
+        t.state.pending,
+        waits(&d, 0, Compensate, 1, t.state.version)
+    );
+    assert_eq!(t.effects, sends(&d, 0, Compensate, 1, t.state.version));
     assert_eq!(t.record, rec("aborted", "b", None));
 }
 
@@ -757,7 +847,7 @@ fn abort_at_step_one_without_compensate_is_compensated_immediately() {
     assert_eq!(t.state.status, Status::Compensated);
     assert_eq!(t.state.version, 2);
     assert_eq!(statuses(&t.state), [St::Aborted, St::NotStarted]);
-    assert_eq!(t.state.pending, None);
+    assert!(t.state.pending.is_empty());
     assert_eq!(t.effects, [Effect::Announce(Status::Compensated)]);
     assert_eq!(t.record, rec("aborted_compensated", "a", None));
 }
@@ -767,7 +857,7 @@ fn abort_at_step_one_with_compensate_sends_its_compensate() {
     let d = abc();
     let t = ok(&started(&d), &d, &Event::Abort);
     assert_eq!(t.state.status, Status::Compensating);
-    assert_eq!(t.effects, sends(&d, 0, Compensate, 1));
+    assert_eq!(t.effects, sends(&d, 0, Compensate, 1, t.state.version));
 }
 
 #[test]
@@ -812,10 +902,12 @@ fn a_reply_with_an_unknown_command_id_is_stale() {
     let d = abc();
     let s = running_at(&d, 1);
     let (later, not_yet) = (exec_id(&d, 2), comp_id(&d, 1));
+    let current = generation_of(&s, &exec_id(&d, 1));
+    assert_eq!(current, s.version);
     for id in ["nope", "", later.as_str(), not_yet.as_str()] {
         assert!(is_stale(&refused(&s, &d, &done(id, json!({})))));
         assert!(is_stale(&refused(&s, &d, &error(id, "x"))));
-        assert!(is_stale(&refused(&s, &d, &timer(id, s.timer))));
+        assert!(is_stale(&refused(&s, &d, &timer(id, current))));
     }
     let other_saga = command_id(&Uuid::from_u128(9), "b", Execute);
     assert!(is_stale(&refused(&s, &d, &done(&other_saga, json!({})))));
@@ -825,9 +917,17 @@ fn a_reply_with_an_unknown_command_id_is_stale() {
 fn a_timer_of_an_old_generation_or_an_old_command_is_stale() {
     let d = abc();
     let first = started(&d);
-    assert_eq!(first.timer, 1, "armed by the start, at version 1");
+    assert_eq!(
+        generation_of(&first, &exec_id(&d, 0)),
+        1,
+        "armed by the start, at version 1"
+    );
     let s = ok(&first, &d, &fire(&first, &exec_id(&d, 0))).state;
-    assert_eq!(s.timer, 2, "the re-send armed a new generation");
+    assert_eq!(
+        generation_of(&s, &exec_id(&d, 0)),
+        2,
+        "the re-send armed a new generation"
+    );
     assert!(is_stale(&refused(&s, &d, &timer(&exec_id(&d, 0), 1))));
     assert!(is_stale(&refused(&s, &d, &timer(&exec_id(&d, 0), 3))));
     let s = ok(&s, &d, &done(&exec_id(&d, 0), json!({}))).state;
@@ -842,7 +942,8 @@ fn a_time_out_armed_before_resume_does_not_count_for_the_fresh_send() {
     let s = running_at(&d, 1);
     let old = fire(&s, &exec_id(&d, 1));
     let resumed = ok(&s, &d, &Event::Resume).state;
-    assert_eq!(resumed.pending.as_ref().map(|p| p.attempt), Some(1));
+    let attempts: Vec<u32> = resumed.pending.iter().map(|p| p.attempt).collect();
+    assert_eq!(attempts, [1]);
     assert!(is_stale(&refused(&resumed, &d, &old)));
     let t = ok(&resumed, &d, &fire(&resumed, &exec_id(&d, 1)));
     assert_eq!(t.state.status, Status::Compensating);
@@ -856,7 +957,7 @@ fn the_time_out_of_a_compensate_cannot_cut_its_back_off_short() {
     let backing_off = ok(&s, &d, &error(&comp_id(&d, 1), "locked")).state;
     assert!(is_stale(&refused(&backing_off, &d, &timeout)));
     let t = ok(&backing_off, &d, &fire(&backing_off, &comp_id(&d, 1)));
-    assert_eq!(t.effects, sends(&d, 1, Compensate, 2));
+    assert_eq!(t.effects, sends(&d, 1, Compensate, 2, t.state.version));
 }
 
 #[test]
@@ -868,7 +969,14 @@ fn a_late_execute_reply_after_compensation_started_is_stale() {
         &d,
         &done(&exec_id(&d, 2), json!({}))
     )));
-    assert!(is_stale(&refused(&s, &d, &timer(&exec_id(&d, 2), s.timer))));
+    // Neither the execute's own last generation nor the one now armed for the compensate.
+    for generation in [s.version - 1, s.version] {
+        assert!(is_stale(&refused(
+            &s,
+            &d,
+            &timer(&exec_id(&d, 2), generation)
+        )));
+    }
 }
 
 #[test]
@@ -884,7 +992,7 @@ fn every_event_on_a_completed_or_compensated_saga_is_finished() {
                 let id = id_of(&d, step, action);
                 events.push(done(&id, json!({})));
                 events.push(error(&id, "late"));
-                events.push(timer(&id, s.timer));
+                events.push(timer(&id, s.version));
             }
         }
         events.push(done("nope", json!({})));
@@ -918,9 +1026,9 @@ fn a_late_done_on_a_failed_saga_continues_compensation() {
     let s = &t.state;
     assert_eq!(s.status, Status::Compensating);
     assert_eq!(statuses(s), [St::Compensating, St::Compensated, St::Failed]);
-    assert_eq!(s.pending, waits(&d, 0, Compensate, 1));
+    assert_eq!(s.pending, waits(&d, 0, Compensate, 1, s.version));
     assert!(s.to_compensate.is_empty());
-    assert_eq!(t.effects, sends(&d, 0, Compensate, 1));
+    assert_eq!(t.effects, sends(&d, 0, Compensate, 1, t.state.version));
     assert_eq!(t.record, rec("step_compensated", "b", None));
 }
 
@@ -932,7 +1040,7 @@ fn a_late_done_for_the_last_compensation_of_a_failed_saga_compensates_it() {
     assert_eq!(f.status, Status::Failed);
     let t = ok(&f, &d, &done(&comp_id(&d, 0), json!({})));
     assert_eq!(t.state.status, Status::Compensated);
-    assert_eq!(t.state.pending, None);
+    assert!(t.state.pending.is_empty());
     assert_eq!(t.effects, [Effect::Announce(Status::Compensated)]);
     assert_eq!(t.record, rec("compensated", "a", None));
 }
@@ -944,12 +1052,12 @@ fn a_done_for_a_compensate_that_is_backing_off_is_accepted() {
     let s = ok(&s, &d, &error(&comp_id(&d, 1), "locked")).state;
     let t = ok(&s, &d, &done(&comp_id(&d, 1), json!({})));
     assert_eq!(t.state.steps[1].status, St::Compensated);
-    assert_eq!(t.effects, sends(&d, 0, Compensate, 1));
+    assert_eq!(t.effects, sends(&d, 0, Compensate, 1, t.state.version));
     // The back-off timer that is still armed now names a command no longer pending.
     assert!(is_stale(&refused(
         &t.state,
         &d,
-        &timer(&comp_id(&d, 1), s.timer)
+        &timer(&comp_id(&d, 1), generation_of(&s, &comp_id(&d, 1)))
     )));
 }
 
@@ -967,23 +1075,23 @@ fn a_duplicate_compensate_error_while_backing_off_is_stale() {
 #[test]
 fn resume_resends_the_pending_execute_with_the_same_id_and_attempt() {
     let d = abc();
-    assert_eq!(resume(&started(&d), &d), sends(&d, 0, Execute, 1));
+    assert_eq!(resume(&started(&d), &d), sends(&d, 0, Execute, 1, 1));
     let s = ok(
         &running_at(&d, 1),
         &d,
         &fire(&running_at(&d, 1), &exec_id(&d, 1)),
     )
     .state;
-    assert_eq!(resume(&s, &d), sends(&d, 1, Execute, 2));
+    assert_eq!(resume(&s, &d), sends(&d, 1, Execute, 2, s.version));
 }
 
 #[test]
 fn resume_of_a_compensating_saga_resends_its_compensate() {
     let d = abc();
     let s = ok(&running_at(&d, 2), &d, &error(&exec_id(&d, 2), "no")).state;
-    assert_eq!(resume(&s, &d), sends(&d, 1, Compensate, 1));
+    assert_eq!(resume(&s, &d), sends(&d, 1, Compensate, 1, s.version));
     let s = ok(&s, &d, &fire(&s, &comp_id(&d, 1))).state;
-    assert_eq!(resume(&s, &d), sends(&d, 1, Compensate, 2));
+    assert_eq!(resume(&s, &d), sends(&d, 1, Compensate, 2, s.version));
 }
 
 #[test]
@@ -996,6 +1104,7 @@ fn resume_while_backing_off_only_rearms_the_backoff_timer() {
     let rearm = Effect::ArmTimer {
         command_id: comp_id(&d, 1),
         attempt: 2,
+        generation: s.version,
         after_ms: 2_000,
     };
     assert_eq!(resume(&s, &d), [rearm]);
@@ -1059,7 +1168,7 @@ fn a_snapshot_that_does_not_fit_its_definition_is_corrupt() {
     assert!(matches!(e, TransitionError::Corrupt(_)), "{e:?}");
 
     let mut far = started(&d);
-    if let Some(p) = far.pending.as_mut() {
+    if let Some(p) = far.pending.first_mut() {
         p.step = 9;
     }
     let e = refused(&far, &d, &Event::Abort);
@@ -1112,9 +1221,9 @@ fn random_def(rng: &mut Rng) -> SagaDefinition {
 fn random_event(rng: &mut Rng, s: &SagaState, d: &SagaDefinition, last: &Event) -> Event {
     let id = s
         .pending
-        .as_ref()
+        .first()
         .map_or("none".to_string(), |p| p.command_id.clone());
-    let generation = s.timer;
+    let generation = generation_of(s, &id);
     match rng.below(100) {
         0..=29 => done(&id, json!({ "n": rng.below(5) })),
         30..=44 => error(&id, "boom"),
@@ -1132,7 +1241,7 @@ fn random_event(rng: &mut Rng, s: &SagaState, d: &SagaDefinition, last: &Event) 
         80..=84 => Event::Abort,
         85..=90 => Event::Retry,
         91..=93 => Event::Skip {
-            step: match (rng.below(4), s.pending.as_ref()) {
+            step: match (rng.below(4), s.pending.first()) {
                 (0, _) | (_, None) => d.steps[rng.below(d.steps.len() as u64) as usize]
                     .name
                     .clone(),
@@ -1153,7 +1262,7 @@ struct Model {
 /// Consistency of one state on its own.
 fn check_shape(s: &SagaState, d: &SagaDefinition) {
     assert_eq!(s.steps.len(), d.steps.len());
-    let p = s.pending.as_ref();
+    let p = s.pending.first();
     match s.status {
         Status::Running => {
             let Some(p) = p else {
@@ -1187,6 +1296,7 @@ fn check_shape(s: &SagaState, d: &SagaDefinition) {
                 .iter()
                 .all(|&i| i < p.step && d.steps[i].compensate));
         }
+        Status::Paused => panic!("no step of these definitions pauses"),
         Status::Completed | Status::Compensated => {
             assert_eq!(p, None);
             assert!(s.to_compensate.is_empty());
@@ -1206,7 +1316,7 @@ fn check_transition(b: &SagaState, d: &SagaDefinition, e: &Event, t: &Transition
     check_shape(a, d);
 
     // Which step may have run, as of this transition.
-    if let Some(bp) = b.pending.as_ref().filter(|p| p.action == Execute) {
+    if let Some(bp) = b.pending.first().filter(|p| p.action == Execute) {
         let answered_done = matches!(
             e,
             Event::Reply {
@@ -1230,23 +1340,27 @@ fn check_transition(b: &SagaState, d: &SagaDefinition, e: &Event, t: &Transition
                 action,
                 command_id,
                 attempt,
+                generation,
             } => {
                 sent += 1;
-                let Some(ap) = a.pending.as_ref() else {
+                let Some(ap) = a.pending.first() else {
                     panic!("send without pending")
                 };
                 assert_eq!((ap.step, ap.action, ap.attempt), (*step, *action, *attempt));
                 assert_eq!(*command_id, id_of(d, *step, *action));
+                assert_eq!(*generation, a.version);
+                assert_eq!(ap.timer, a.version);
                 let timer = Effect::ArmTimer {
                     command_id: command_id.clone(),
                     attempt: *attempt,
+                    generation: *generation,
                     after_ms: d.steps[*step].timeout_ms,
                 };
                 assert_eq!(effects.next(), Some(&timer), "a send arms its time-out");
                 let resent = b
                     .pending
-                    .as_ref()
-                    .is_some_and(|bp| bp.step == *step && bp.action == *action);
+                    .iter()
+                    .any(|bp| bp.step == *step && bp.action == *action);
                 if *action == Compensate && !resent {
                     assert!(m.ran[*step], "compensate of step {step} that never ran");
                     assert!(d.steps[*step].compensate);
@@ -1257,15 +1371,18 @@ fn check_transition(b: &SagaState, d: &SagaDefinition, e: &Event, t: &Transition
             Effect::ArmTimer {
                 command_id,
                 attempt,
+                generation,
                 after_ms,
             } => {
-                let Some(ap) = a.pending.as_ref() else {
+                let Some(ap) = a.pending.first() else {
                     panic!("timer without pending")
                 };
                 assert_eq!(ap.phase, Phase::BackingOff);
                 assert_eq!((command_id, *attempt), (&ap.command_id, ap.attempt));
                 assert_eq!(*after_ms, backoff_ms(*attempt));
+                assert_eq!((*generation, ap.timer), (a.version, a.version));
             }
+            Effect::ArmDeadline { .. } => panic!("only the start arms the deadline"),
             Effect::Announce(status) => {
                 assert_eq!(*status, a.status);
                 assert!(effects.peek().is_none(), "announce comes last");
@@ -1296,7 +1413,7 @@ fn check_transition(b: &SagaState, d: &SagaDefinition, e: &Event, t: &Transition
 /// Events the saga must accept: the pending command's reply, its current timer, and the
 /// operator actions in the status they are meant for.
 fn must_accept(s: &SagaState, d: &SagaDefinition, e: &Event) -> bool {
-    let Some(p) = s.pending.as_ref() else {
+    let Some(p) = s.pending.first() else {
         return false;
     };
     match e {
@@ -1314,18 +1431,19 @@ fn must_accept(s: &SagaState, d: &SagaDefinition, e: &Event) -> bool {
         Event::TimerFired {
             command_id,
             generation,
-        } => *command_id == p.command_id && *generation == s.timer && p.phase != Phase::Parked,
+        } => *command_id == p.command_id && *generation == p.timer && p.phase != Phase::Parked,
         Event::Abort => s.status == Status::Running,
         Event::Retry => s.status == Status::Failed,
         Event::Skip { step } => p.action == Compensate && *step == d.steps[p.step].name,
         Event::Resume => matches!(s.status, Status::Running | Status::Compensating),
+        Event::Deadline => false,
     }
 }
 
 /// Events the saga must refuse: anything once finished, replies and timers that are not for
 /// the pending command's current attempt, late errors on a failed saga, misplaced operator actions.
 fn must_refuse(s: &SagaState, d: &SagaDefinition, e: &Event) -> bool {
-    let Some(p) = s.pending.as_ref().filter(|_| !s.status.is_terminal()) else {
+    let Some(p) = s.pending.first().filter(|_| !s.status.is_terminal()) else {
         return true;
     };
     match e {
@@ -1339,11 +1457,12 @@ fn must_refuse(s: &SagaState, d: &SagaDefinition, e: &Event) -> bool {
         Event::TimerFired {
             command_id,
             generation,
-        } => *command_id != p.command_id || *generation != s.timer || p.phase == Phase::Parked,
+        } => *command_id != p.command_id || *generation != p.timer || p.phase == Phase::Parked,
         Event::Abort => s.status != Status::Running,
         Event::Retry => s.status != Status::Failed,
         Event::Skip { step } => p.action != Compensate || *step != d.steps[p.step].name,
         Event::Resume => !matches!(s.status, Status::Running | Status::Compensating),
+        Event::Deadline => false,
     }
 }
 
@@ -1420,26 +1539,33 @@ fn random_event_sequences_keep_the_invariants() {
 #[test]
 fn skip_of_a_failed_compensation_marks_it_done_and_moves_to_the_next_one() {
     let (d, f) = failed_abc();
-    let p = f
-        .pending
-        .clone()
-        .expect("failed saga keeps its pending compensate");
+    let [p] = f.pending.as_slice() else {
+        panic!(
+            "a failed saga keeps its one pending compensate: {:?}",
+            f.pending
+        );
+    };
+    let p = p.clone();
     let t = ok(&f, &d, &skip(&d, p.step));
     assert_eq!(t.state.steps[p.step].status, St::Compensated);
     assert_eq!(t.record.event, "compensation_skipped");
-    match t.state.pending.as_ref() {
-        Some(next) => {
+    match t.state.pending.as_slice() {
+        [next] => {
             assert!(
                 next.step < p.step,
                 "the next compensation is an earlier step"
             );
             assert_eq!(t.state.status, Status::Compensating);
-            assert_eq!(t.effects, sends(&d, next.step, Compensate, 1));
+            assert_eq!(
+                t.effects,
+                sends(&d, next.step, Compensate, 1, t.state.version)
+            );
         }
-        None => {
+        [] => {
             assert_eq!(t.state.status, Status::Compensated);
             assert_eq!(t.effects, [Effect::Announce(Status::Compensated)]);
         }
+        more => panic!("one compensation at a time: {more:?}"),
     }
 }
 
@@ -1460,9 +1586,9 @@ fn a_repeated_skip_does_not_skip_the_next_compensation_too() {
     // compensation is pending, so the second names a step that is no longer pending.
     let d = abc();
     let s = ok(&running_at(&d, 2), &d, &error(&exec_id(&d, 2), "no")).state;
-    assert_eq!(s.pending.as_ref().map(|p| p.step), Some(1));
+    assert_eq!(steps_pending(&s), [1]);
     let once = ok(&s, &d, &skip(&d, 1)).state;
-    assert_eq!(once.pending.as_ref().map(|p| p.step), Some(0));
+    assert_eq!(steps_pending(&once), [0]);
     let e = refused(&once, &d, &skip(&d, 1));
     assert!(matches!(e, TransitionError::NotAllowed(_)), "{e:?}");
     assert_eq!(once.steps[0].status, St::Compensating, "a is still undone");
@@ -1484,8 +1610,8 @@ fn resume_resends_the_pending_command_now_with_attempt_one() {
     let s = running_at(&d, 1);
     let s = ok(&s, &d, &fire(&s, &exec_id(&d, 1))).state; // attempt 2 in flight
     let t = ok(&s, &d, &Event::Resume);
-    assert_eq!(t.state.pending, waits(&d, 1, Execute, 1));
-    assert_eq!(t.effects, sends(&d, 1, Execute, 1));
+    assert_eq!(t.state.pending, waits(&d, 1, Execute, 1, t.state.version));
+    assert_eq!(t.effects, sends(&d, 1, Execute, 1, t.state.version));
     assert_eq!(t.record.event, "resumed");
     assert_eq!(t.state.version, s.version + 1);
 }
@@ -1504,7 +1630,11 @@ fn command_ids_carry_a_digest_of_the_saga_secret_that_differs_per_step_action() 
     let d = abc();
     let t = start(&d, saga_id(), json!({}), "s3cr3t");
     let s = &t.state;
-    let first = s.pending.clone().map(|p| p.command_id).unwrap_or_default();
+    let first = s
+        .pending
+        .first()
+        .map(|p| p.command_id.clone())
+        .unwrap_or_default();
     assert!(
         first.starts_with(&format!("{}/", exec_id(&d, 0))),
         "{first}"
@@ -1525,5 +1655,10 @@ fn command_ids_carry_a_digest_of_the_saga_secret_that_differs_per_step_action() 
         &done(&exec_id(&d, 1), json!({}))
     )));
     let real = s.command_id("b", Execute);
-    assert_eq!(s.pending.map(|p| p.command_id), Some(real));
+    let ids: Vec<&str> = s.pending.iter().map(|p| p.command_id.as_str()).collect();
+    assert_eq!(ids, [real.as_str()]);
 }
+
+mod groups;
+mod pause;
+mod random;
