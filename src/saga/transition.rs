@@ -609,8 +609,10 @@ fn on_deadline(
     def: &SagaDefinition,
     effects: &mut Vec<Effect>,
 ) -> Result<Record, TransitionError> {
-    if next.deadline_passed {
-        return Err(TransitionError::Stale("the deadline already passed".into()));
+    if next.deadline_passed || def.deadline_ms.is_none() {
+        return Err(TransitionError::Stale(
+            "the deadline already passed, or the saga has none".into(),
+        ));
     }
     let at = next.current_step().map(|k| def.steps[k].name.clone());
     next.deadline_passed = true;
