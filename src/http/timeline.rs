@@ -2,13 +2,14 @@
 //! attempts, times, output and error, as the saga browser's timeline shows them.
 //!
 //! Added to the response beside the existing fields (the contract only grows). Built from
-//! the snapshot (`state`), the definition the saga runs on, and the history's times.
+//! the snapshot (`state`), the definition the saga runs on, and the history's times. The
+//! page also carries the saga's deadline, when its definition sets one.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::domain::SagaDefinition;
+use crate::domain::{OnError, SagaDefinition};
 use crate::saga::{Pending, SagaState, StepStatus};
 use crate::store::{HistoryRow, SagaView};
 
@@ -21,6 +22,12 @@ pub struct SagaPage {
     /// One entry per step of the definition, in order (absent if the definition is unknown).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub steps: Option<Vec<StepView>>,
+    /// When a saga still running is aborted (or paused past its pivot): its start plus the
+    /// definition's `deadline_ms`; absent when the definition sets none or the start is unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deadline_at: Option<DateTime<Utc>>,
+    /// Whether the deadline went off (history event `deadline`).
+    pub deadline_passed: bool,
 }
 
 /// One step of one saga.
@@ -36,6 +43,12 @@ pub struct StepView {
     pub max_attempts: u32,
     /// Time-out of one send.
     pub timeout_ms: u64,
+    /// Its parallel group: consecutive steps with the same group run together.
+    pub group: Option<String>,
+    /// Once done, the saga never compensates.
+    pub pivot: bool,
+    /// What its failure does: `compensate` or `pause`.
+    pub on_error: OnError,
     /// Where it is (`not_started`, `executing`, `done`, `failed`, `compensated`, ...).
     pub status: StepStatus,
     /// Execute sends so far.
@@ -60,14 +73,25 @@ impl SagaPage {
     /// Adds the steps when the definition is known and the snapshot decodes; their times
     /// come from the view's landmarks, so they hold whatever page of history is shown.
     pub fn new(view: SagaView, def: Option<&SagaDefinition>) -> Self {
-        let steps = def.and_then(|def| {
-            let state = serde_json::from_value::<SagaState>(view.state.clone())
-                .ok()?
-                .upgraded();
-            steps(&state, def, &view.landmarks)
-        });
-        SagaPage { view, steps }
+        let state = serde_json::from_value::<SagaState>(view.state.clone())
+            .ok()
+            .map(SagaState::upgraded);
+        let steps = def
+            .zip(state.as_ref())
+            .and_then(|(def, state)| steps(state, def, &view.landmarks));
+        SagaPage {
+            deadline_at: def.zip(state.as_ref()).and_then(|(d, s)| deadline_at(s, d)),
+            deadline_passed: state.as_ref().is_some_and(|s| s.deadline_passed),
+            view,
+            steps,
+        }
     }
+}
+
+/// The saga's start plus its definition's `deadline_ms`, when both are known.
+pub fn deadline_at(state: &SagaState, def: &SagaDefinition) -> Option<DateTime<Utc>> {
+    let ms = i64::try_from(def.deadline_ms?).ok()?;
+    DateTime::from_timestamp_millis(state.started_at_ms?.checked_add(ms)?)
 }
 
 /// The steps of a saga, or `None` when its snapshot does not match the definition.
@@ -92,12 +116,20 @@ pub fn steps(
         .zip(&state.steps)
         .enumerate()
         .map(|(k, (sd, rec))| {
-            // Step 1 is sent by `started`; step k+1 by the `step_done` of step k.
-            let sent_at = match k.checked_sub(1).and_then(|j| def.steps.get(j)) {
+            // The first stage (a step, or a group's steps together) is sent by `started`;
+            // the next one when the last step of the stage before it is done (or skipped).
+            let stage = def.stage(k);
+            let sent_at = match stage.start.checked_sub(1) {
                 None => history.iter().find(|h| h.event == "started").map(|h| h.at),
-                Some(prev) => about(history, &prev.name)
-                    .find(|h| h.event == "step_done")
-                    .map(|h| h.at),
+                Some(j) => def.steps[def.stage(j)]
+                    .iter()
+                    .map(|prev| {
+                        about(history, &prev.name)
+                            .find(|h| h.event == "step_done" || h.event == "step_skipped")
+                            .map(|h| h.at)
+                    })
+                    .try_fold(None, |latest, at| at.map(|at| latest.max(Some(at))))
+                    .flatten(),
             };
             let last = about(history, &sd.name).last();
             StepView {
@@ -106,6 +138,9 @@ pub fn steps(
                 compensate: sd.compensate,
                 max_attempts: sd.max_attempts,
                 timeout_ms: sd.timeout_ms,
+                group: sd.group.clone(),
+                pivot: sd.pivot,
+                on_error: sd.on_error,
                 status: rec.status,
                 attempts: rec.attempts,
                 compensate_attempts: rec.compensate_attempts,
@@ -216,6 +251,85 @@ mod tests {
             serde_json::to_value(&steps[1]).unwrap_or_default()["status"],
             json!("executing")
         );
+    }
+
+    #[test]
+    fn a_groups_steps_are_pending_together_and_the_page_carries_the_deadline() {
+        let mut d = def();
+        d.deadline_ms = Some(60_000);
+        for s in &mut d.steps[..2] {
+            s.group = Some("book".into());
+        }
+        d.steps[2].pivot = true;
+        d.steps[2].on_error = OnError::Pause;
+        let mut state = crate::saga::start(&d, uuid::Uuid::nil(), json!({}), "").state;
+        let started = Utc
+            .with_ymd_and_hms(2025, 1, 1, 0, 0, 0)
+            .single()
+            .unwrap_or_default();
+        state.started_at_ms = Some(started.timestamp_millis());
+        state.deadline_passed = true;
+        let history = [
+            row(1, "started", "flight", 0),
+            row(2, "step_done", "hotel", 3),
+            row(3, "step_done", "flight", 5),
+        ];
+        let view = SagaView {
+            row: crate::store::SagaRow {
+                saga_id: uuid::Uuid::nil(),
+                code: "0".into(),
+                saga: "trip".into(),
+                definition_version: 1,
+                status: "running".into(),
+                step: Some("flight".into()),
+                version: 1,
+                created_at: started,
+                updated_at: started,
+            },
+            payload: json!({}),
+            state: serde_json::to_value(&state).unwrap_or_default(),
+            history: history.to_vec(),
+            history_more: false,
+            history_total: 3,
+            quarantined: vec![],
+            quarantined_more: false,
+            quarantined_total: 0,
+            landmarks: history.to_vec(),
+        };
+        let page = serde_json::to_value(SagaPage::new(view, Some(&d))).unwrap_or_default();
+        let steps = &page["steps"];
+        assert_eq!(steps[0]["group"], json!("book"));
+        assert_eq!(steps[1]["group"], json!("book"));
+        assert_eq!(steps[2]["group"], Value::Null);
+        for s in [&steps[0], &steps[1]] {
+            assert_eq!(s["status"], json!("executing"), "{s}");
+            assert_eq!(s["pending"]["action"], json!("execute"), "{s}");
+            assert_eq!(s["sent_at"], json!(history[0].at), "both sent by the start");
+        }
+        assert_eq!(
+            steps[2]["sent_at"],
+            json!(history[2].at),
+            "sent when the last of the group was done"
+        );
+        assert!(steps[2]["pending"].is_null());
+        assert_eq!(
+            [&steps[0]["pivot"], &steps[2]["pivot"]],
+            [&json!(false), &json!(true)]
+        );
+        assert_eq!(steps[0]["on_error"], json!("compensate"));
+        assert_eq!(steps[2]["on_error"], json!("pause"));
+        assert_eq!(page["deadline_at"], json!("2025-01-01T00:01:00Z"));
+        assert_eq!(page["deadline_passed"], json!(true));
+
+        d.deadline_ms = None;
+        assert_eq!(
+            deadline_at(&state, &d),
+            None,
+            "no deadline without deadline_ms"
+        );
+        d.deadline_ms = Some(1);
+        state.started_at_ms = None;
+        assert_eq!(deadline_at(&state, &d), None, "nor without a known start");
     }
 
     #[test]

@@ -12,11 +12,13 @@ const APP_CSS: &str = include_str!("ui/app.css");
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
                    img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
-/// Registers `/ui`, `/ui/sagas/{id}` (the same page; its script reads the path) and the assets.
+/// Registers `/ui`, `/ui/sagas/{id}` and `/ui/definitions` (the same page; its script reads
+/// the path) and the assets.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/ui", web::get().to(page))
         .route("/ui/", web::get().to(page))
         .route("/ui/sagas/{id}", web::get().to(page))
+        .route("/ui/definitions", web::get().to(page))
         .route("/ui/app.js", web::get().to(script))
         .route("/ui/app.css", web::get().to(style));
 }

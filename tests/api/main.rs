@@ -32,3 +32,4 @@ mod trace;
 mod trust;
 mod ui;
 mod ui_history;
+mod ui_paused;

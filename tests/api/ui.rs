@@ -237,7 +237,7 @@ async fn open_browser(chromium: &Path, driver: &Driver) -> Client {
         .unwrap_or_else(|e| panic!("cannot open a Chromium session through chromedriver: {e}"))
 }
 
-fn screenshot_dir() -> PathBuf {
+pub(crate) fn screenshot_dir() -> PathBuf {
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
@@ -272,7 +272,7 @@ pub(crate) async fn click(c: &Client, css: &str) {
         .unwrap_or_else(|e| panic!("click {css}: {e}"));
 }
 
-async fn type_into(c: &Client, css: &str, text: &str) {
+pub(crate) async fn type_into(c: &Client, css: &str, text: &str) {
     let field = c
         .find(Locator::Css(css))
         .await
@@ -287,7 +287,7 @@ async fn type_into(c: &Client, css: &str, text: &str) {
         .unwrap_or_else(|e| panic!("type into {css}: {e}"));
 }
 
-async fn screenshot(c: &Client, dir: &Path, name: &str) -> Vec<u8> {
+pub(crate) async fn screenshot(c: &Client, dir: &Path, name: &str) -> Vec<u8> {
     let png = c.screenshot().await.expect("screenshot");
     std::fs::write(dir.join(name), &png).expect("write screenshot");
     png
@@ -313,7 +313,7 @@ where
     }
 }
 
-fn code(id: Uuid) -> String {
+pub(crate) fn code(id: Uuid) -> String {
     saga_service::domain::SagaId(id).code()
 }
 
@@ -340,12 +340,13 @@ async fn start_order(app: &TestApp, payload: Value) -> Uuid {
     id
 }
 
-const STEP_STATES: &str =
-    "[...document.querySelectorAll('#steps li')].map(li => li.dataset.step + ':' + li.dataset.status)";
-const HISTORY: &str =
+/// Each step of the timeline as `name:status`, in order (a group's steps are in its frame).
+pub(crate) const STEP_STATES: &str =
+    "[...document.querySelectorAll('#steps li.step')].map(li => li.dataset.step + ':' + li.dataset.status)";
+pub(crate) const HISTORY: &str =
     "[...document.querySelectorAll('#history tbody tr')].map(r => r.dataset.event)";
 
-fn status_is(status: &str) -> String {
+pub(crate) fn status_is(status: &str) -> String {
     format!("document.querySelector('#saga-status')?.dataset.status === '{status}'")
 }
 
@@ -386,6 +387,7 @@ async fn the_saga_browser_lists_finds_shows_and_aborts_sagas_in_headless_chromiu
         let counts = [
             ("all", 3),
             ("running", 1),
+            ("paused", 0),
             ("completed", 1),
             ("compensated", 1),
             ("failed", 0),

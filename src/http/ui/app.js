@@ -1,10 +1,13 @@
-// The saga browser: a list of sagas (/ui) and one saga's page (/ui/sagas/{id}).
+// The saga browser: a list of sagas (/ui), one saga's page (/ui/sagas/{id}) and the saga
+// definitions (/ui/definitions).
 // Plain JS on the service's own HTTP API; no build step, nothing loaded from elsewhere.
 // Everything that came from a saga (payload, outputs, errors, quarantined bodies) is put in
 // the page as text (textContent), never as HTML.
 'use strict';
 
-const STATUSES = ['running', 'compensating', 'completed', 'compensated', 'failed'];
+const STATUSES = ['running', 'compensating', 'paused', 'completed', 'compensated', 'failed'];
+// Statuses in which the saga waits for an operator: its page refreshes less often.
+const WAITING = new Set(['paused', 'failed']);
 const UNFINISHED = new Set(['running', 'compensating', 'paused', 'failed']);
 const TOKEN_KEY = 'saga-admin-token'; // sessionStorage: this tab only
 const BY_KEY = 'saga-operator-name'; // localStorage: a convenience, not a secret
@@ -13,23 +16,30 @@ const SAGA_REFRESH_MS = 1000;
 const FAILED_REFRESH_MS = 5000;
 const PAGE_SIZE = 50;
 
-// What each operator action does, and in which statuses the service accepts it.
+// What each operator action does, and in which statuses the service accepts it. `label`
+// and `help` may depend on the saga and, for skip, on the step it skips.
 const ACTIONS = {
   abort: {
     label: 'Abort',
-    when: ['running'],
-    help: 'The saga stops going forward and compensates: first the step whose command is pending (it may have run), then the earlier done steps, last first.',
+    when: ['running', 'paused'],
+    help: 'The saga stops going forward and compensates: first the steps whose commands are pending (they may have run), then the earlier done steps, last first.',
     danger: true,
   },
   resume: {
     label: 'Resume',
-    when: ['running', 'compensating'],
-    help: 'The pending command is sent again now (same command_id), with its attempts reset.',
+    when: ['running', 'compensating', 'paused'],
+    help: (saga) => saga.status === 'paused'
+      ? 'The paused step is sent again now (same command_id), with its attempts reset; the saga runs on.'
+      : 'The pending command is sent again now (same command_id), with its attempts reset.',
   },
   skip: {
-    label: 'Skip compensation',
-    when: ['compensating', 'failed'],
-    help: 'The pending compensation of the step shown is marked done without running it (you undid it by hand); the saga goes on with the next one.',
+    label: (saga, step) => saga.status === 'paused'
+      ? `Skip ${step || 'step'}`
+      : step ? `Skip compensation of ${step}` : 'Skip compensation',
+    when: ['compensating', 'failed', 'paused'],
+    help: (saga, step) => saga.status === 'paused'
+      ? `Step ${step} counts as done with output {} without running it (you did its work by hand); the saga goes on with the next step.`
+      : `The pending compensation of ${step} is marked done without running it (you undid it by hand); the saga goes on with the next one.`,
     danger: true,
   },
   retry: {
@@ -39,6 +49,8 @@ const ACTIONS = {
   },
 };
 
+const actionText = (v, saga, step) => (typeof v === 'function' ? v(saga, step) : v);
+
 // ------------------------------------------------------------------ small helpers
 
 /** Creates an element: el('td', {class: 'x', data: {code: 'a'}}, 'text', child, ...). */
@@ -47,7 +59,9 @@ function el(tag, attrs, ...children) {
   for (const [k, v] of Object.entries(attrs || {})) {
     if (v === undefined || v === null || v === false) continue;
     if (k === 'data') {
-      for (const [dk, dv] of Object.entries(v)) node.dataset[dk] = dv;
+      for (const [dk, dv] of Object.entries(v)) {
+        if (dv !== undefined && dv !== null) node.dataset[dk] = dv;
+      }
     } else if (k === 'text') {
       node.textContent = v;
     } else if (k.startsWith('on')) {
@@ -329,6 +343,43 @@ async function loadOlder() {
   }
 }
 
+// The steps in order, a group's (consecutive steps with the same `group`, which run in
+// parallel) side by side in one row, framed and labelled with the group's name. `card(step, i)`
+// gives each step's <li class="step">. Used by the saga page and the definitions page.
+function stageList(id, steps, card) {
+  const items = [];
+  for (let i = 0; i < steps.length;) {
+    const group = steps[i].group;
+    let end = i + 1;
+    while (group && end < steps.length && steps[end].group === group) end++;
+    if (!group) {
+      items.push(card(steps[i], i));
+    } else {
+      const labelId = `${id}-group-${i}`;
+      const members = steps.slice(i, end).map((s, j) => card(s, i + j));
+      items.push(el('li', { class: 'stage-group', data: { group } },
+        el('span', { class: 'dot group-dot', 'aria-hidden': 'true' }, '∥'),
+        el('div', { class: 'group-frame', role: 'group', 'aria-labelledby': labelId },
+          el('div', { class: 'group-label', id: labelId },
+            el('span', { class: 'muted' }, 'group '), el('strong', { class: 'mono' }, group),
+            el('span', { class: 'muted' }, ` · steps ${i + 1}–${end} run in parallel`)),
+          el('ol', { class: 'group-steps' }, members))));
+    }
+    i = end;
+  }
+  return el('ol', { id, class: 'stages' }, items);
+}
+
+// The badges of a step's keys that change the saga's course: pivot, and pause on error.
+function stepKeys(step) {
+  return [
+    step.pivot ? el('span', { class: 'badge pivot', title: 'Once this step is done the saga never compensates: a later failure pauses it, and abort is refused.' },
+      'pivot: no compensation after this') : null,
+    step.on_error === 'pause' ? el('span', { class: 'badge on-error-pause', title: 'A failure of this step pauses the saga for an operator instead of compensating.' },
+      'on error: pause') : null,
+  ];
+}
+
 function stepCard(step, index, saga) {
   const isPending = !!step.pending;
   const meta = [`attempts ${step.attempts}/${step.max_attempts}`];
@@ -347,12 +398,16 @@ function stepCard(step, index, saga) {
   let pending = null;
   if (isPending) {
     const p = step.pending;
+    const parked = p.phase === 'parked';
     const what = p.phase === 'backing_off'
-      ? `compensate answered error; re-sending after a back-off (attempt ${p.attempt} of ${step.max_attempts})`
-      : p.phase === 'parked'
-        ? `${p.action} out of attempts: waiting for an operator (retry or skip)`
-        : `waiting for a reply to ${p.action}, attempt ${p.attempt} of ${step.max_attempts} (time-out ${fmtDuration(step.timeout_ms)})`;
-    pending = el('div', { class: 'pending' }, el('span', { class: 'spinner', 'aria-hidden': 'true' }), what,
+      ? `${p.action} answered error; re-sending after a back-off (attempt ${p.attempt} of ${step.max_attempts})`
+      : parked && p.action === 'execute'
+        ? 'execute failed: the saga is paused here, waiting for an operator (resume, skip or abort)'
+        : parked
+          ? `${p.action} out of attempts: waiting for an operator (retry or skip)`
+          : `waiting for a reply to ${p.action}, attempt ${p.attempt} of ${step.max_attempts} (time-out ${fmtDuration(step.timeout_ms)})`;
+    pending = el('div', { class: `pending${parked ? ' parked' : ''}` },
+      parked ? null : el('span', { class: 'spinner', 'aria-hidden': 'true' }), what,
       el('div', { class: 'muted mono small' }, `command_id ${p.command_id}`));
   }
   const output = step.output !== null && step.output !== undefined
@@ -364,7 +419,7 @@ function stepCard(step, index, saga) {
     el('div', { class: 'step-body' },
       el('div', { class: 'step-head' },
         el('span', { class: 'step-name' }, step.name), badge(step.status),
-        el('span', { class: 'muted small' }, `queue ${step.queue}`)),
+        el('span', { class: 'muted small' }, `queue ${step.queue}`), stepKeys(step)),
       el('div', { class: 'step-meta muted' }, meta.join(' · ')),
       times.length ? el('div', { class: 'step-times muted' }, times.join(' → ')) : null,
       pending,
@@ -372,33 +427,76 @@ function stepCard(step, index, saga) {
       output));
 }
 
+// The steps skip would act on: a paused saga's parked executes, or the pending compensation.
+function skippable(saga) {
+  const steps = saga.steps || [];
+  const pending = steps.filter((s) => s.pending);
+  const which = saga.status === 'paused'
+    ? pending.filter((s) => s.pending.phase === 'parked' && s.pending.action === 'execute')
+    : pending.filter((s) => s.pending.action === 'compensate');
+  if (which.length) return which.map((s) => s.name);
+  return saga.step ? [saga.step] : [];
+}
+
+// The done pivot step, if any: past it the saga never compensates and abort is refused.
+const donePivot = (saga) => (saga.steps || []).find((s) => s.pivot && s.status === 'done');
+
 function actionButtons(saga) {
   const box = el('div', { class: 'actions', id: 'actions' });
+  const pivot = donePivot(saga);
+  let note = null;
   for (const [name, a] of Object.entries(ACTIONS)) {
-    const allowed = a.when.includes(saga.status);
-    box.append(el('button', {
-      type: 'button', class: a.danger ? 'danger' : '', data: { action: name },
-      disabled: !allowed,
-      title: allowed ? a.help : `${a.label}: only when the saga is ${a.when.join(' or ')}`,
-      onclick: () => openAction(name, saga),
-    }, a.label));
+    let allowed = a.when.includes(saga.status);
+    let why = allowed ? '' : `${actionText(a.label, saga)}: only when the saga is ${a.when.join(' or ')}`;
+    if (name === 'abort' && allowed && pivot) {
+      allowed = false;
+      why = `Abort is not possible: the pivot step ${pivot.name} is done, so the saga only goes forward (resume or skip instead).`;
+      note = el('p', { id: 'abort-refused', class: 'muted small' }, why);
+    }
+    // Skip names the step it skips: one button per such step (a group may have several).
+    const targets = name === 'skip' && allowed ? skippable(saga) : [null];
+    for (const step of targets) {
+      box.append(el('button', {
+        type: 'button', class: a.danger ? 'danger' : '', data: { action: name, step: step || undefined },
+        disabled: !allowed,
+        title: allowed ? actionText(a.help, saga, step) : why,
+        'aria-describedby': note && name === 'abort' ? 'abort-refused' : undefined,
+        onclick: () => openAction(name, saga, step),
+      }, actionText(a.label, saga, step)));
+    }
   }
-  return box;
+  return el('div', {}, box, note);
+}
+
+// The saga's deadline: when it is, and whether it went off.
+function deadlineText(saga) {
+  if (!saga.deadline_at) return null;
+  const at = fmtTime(saga.deadline_at, false);
+  if (saga.deadline_passed) return `${at} · passed: the saga was aborted (or paused past its pivot)`;
+  if (!UNFINISHED.has(saga.status)) return `${at} · not reached (finished before it)`;
+  const left = new Date(saga.deadline_at) - Date.now();
+  return left > 0 ? `${at} · in ${fmtDuration(left)}` : `${at} · due now`;
 }
 
 function renderSaga(saga) {
   document.title = `${saga.code} · ${saga.status} · saga-service`;
   const unfinished = UNFINISHED.has(saga.status);
-  const live = saga.status === 'failed'
+  const live = WAITING.has(saga.status)
     ? `waiting for an operator · refreshing every ${FAILED_REFRESH_MS / 1000} s`
     : unfinished ? `live · refreshing every ${SAGA_REFRESH_MS / 1000} s` : 'finished · not refreshing';
+  const defHref = `/ui/definitions?${new URLSearchParams({ saga: saga.saga, version: String(saga.definition_version) })}`;
+  const deadline = deadlineText(saga);
   const facts = [
-    ['Type', `${saga.saga} (definition v${saga.definition_version})`],
+    ['Type', el('a', { href: defHref, title: 'Its definition at this version' }, `${saga.saga} (definition v${saga.definition_version})`)],
     ['Current step', saga.step || '—'],
     ['Transitions', String(saga.version)],
     ['Created', `${fmtTime(saga.created_at, true)}`],
     ['Updated', `${fmtTime(saga.updated_at, true)} (+${since(saga.created_at, saga.updated_at)})`],
-  ];
+    deadline ? ['Deadline', el('span', {
+      id: 'saga-deadline', class: saga.deadline_passed ? 'error' : '', title: saga.deadline_at,
+      data: { passed: String(!!saga.deadline_passed) },
+    }, deadline)] : null,
+  ].filter(Boolean);
   const head = el('section', { class: 'saga-head' },
     el('nav', { class: 'crumbs' }, el('a', { href: '/ui' }, '← all sagas')),
     el('h1', {}, el('span', { class: 'mono', id: 'saga-code' }, saga.code), ' ',
@@ -412,7 +510,7 @@ function renderSaga(saga) {
   const steps = saga.steps || [];
   const timeline = el('section', { class: 'timeline' }, el('h2', {}, 'Steps'),
     steps.length
-      ? el('ol', { id: 'steps' }, steps.map((s, i) => stepCard(s, i, saga)))
+      ? stageList('steps', steps, (s, i) => stepCard(s, i, saga))
       : el('p', { class: 'muted' }, 'The definition of this saga is not loaded; see the history below.'));
 
   const rows = loadedHistory(saga);
@@ -448,10 +546,10 @@ function renderSaga(saga) {
 
   const payload = el('section', { class: 'payload' }, el('h2', {}, 'Payload'), el('pre', {}, pretty(saga.payload)));
 
-  const openOutputs = new Set([...document.querySelectorAll('#steps li')]
+  const openOutputs = new Set([...document.querySelectorAll('#steps li.step')]
     .filter((li) => li.querySelector('details[open]')).map((li) => li.dataset.step));
   $('#main').replaceChildren(head, el('div', { class: 'columns' }, timeline, el('div', {}, history, quarantine, payload)));
-  for (const li of document.querySelectorAll('#steps li')) {
+  for (const li of document.querySelectorAll('#steps li.step')) {
     const d = li.querySelector('details');
     if (d && openOutputs.has(li.dataset.step)) d.open = true;
   }
@@ -479,7 +577,7 @@ async function sagaTick() {
       renderSaga(body);
     }
     if (!UNFINISHED.has(body.status)) next = 0;
-    else if (body.status === 'failed') next = FAILED_REFRESH_MS;
+    else if (WAITING.has(body.status)) next = FAILED_REFRESH_MS;
   } catch (e) {
     showBanner(`${e.message}; retrying…`);
   }
@@ -493,21 +591,23 @@ function refreshSagaNow() {
 
 // ------------------------------------------------------------------ operator actions
 
-const dialog = { action: '', saga: null, busy: false };
+const dialog = { action: '', saga: null, step: null, busy: false };
 
-function openAction(name, saga) {
+function openAction(name, saga, step) {
   const a = ACTIONS[name];
+  const label = actionText(a.label, saga, step);
   dialog.action = name;
   dialog.saga = saga;
-  $('#action-title').textContent = `${a.label} saga ${saga.code}?`;
-  $('#action-help').textContent = a.help;
+  dialog.step = step || null;
+  $('#action-title').textContent = `${label} · saga ${saga.code}?`;
+  $('#action-help').textContent = actionText(a.help, saga, step);
   $('#action-reason').value = '';
   $('#action-by').value = localStorage.getItem(BY_KEY) || '';
   $('#action-error').hidden = true;
   $('#token-row').hidden = true;
   $('#action-token').value = '';
   const submit = $('#action-submit');
-  submit.textContent = a.label;
+  submit.textContent = label;
   submit.className = a.danger ? 'danger' : 'primary';
   $('#action-dialog').showModal();
   $('#action-reason').focus();
@@ -540,7 +640,7 @@ async function submitAction(ev) {
   }
   // Skip names the step it skips, and every action holds to the version on screen: a
   // double click, or a saga that moved on meanwhile, is refused (409/412), never applied twice.
-  if (dialog.action === 'skip' && dialog.saga.step) note.step = dialog.saga.step;
+  if (dialog.action === 'skip' && dialog.step) note.step = dialog.step;
   const headers = {
     'content-type': 'application/json',
     accept: 'application/json',
@@ -571,7 +671,7 @@ async function submitAction(ev) {
     if (r.status === 202) {
       $('#action-dialog').close();
       showBanner('');
-      flash(`${ACTIONS[dialog.action].label} accepted for ${dialog.saga.code}.`);
+      flash(`${actionText(ACTIONS[dialog.action].label, dialog.saga, dialog.step)} accepted for ${dialog.saga.code}.`);
       refreshSagaNow();
       return;
     }
@@ -599,6 +699,114 @@ function flash(text) {
   f.hidden = false;
   clearTimeout(flashTimer);
   flashTimer = setTimeout(() => { f.hidden = true; }, 4000);
+}
+
+// ------------------------------------------------------------------ definitions: /ui/definitions
+
+// Defaults of the optional keys (CONTRACT.md section 2): the API leaves them out.
+const STEP_DEFAULTS = { compensate: true, timeout_ms: 30000, max_attempts: 3, on_error: 'compensate', pivot: false, retry_backoff_ms: 1000 };
+
+// One step of a definition: every key, a default one marked as such.
+function definitionStep(step, index) {
+  const key = (k, shown) => {
+    const given = step[k] !== undefined && step[k] !== null;
+    const v = given ? step[k] : STEP_DEFAULTS[k];
+    return [el('dt', {}, k), el('dd', { data: { key: k } }, shown ? shown(v) : String(v),
+      given ? null : el('span', { class: 'muted' }, ' (default)'))];
+  };
+  const ms = (v) => `${v} ms (${fmtDuration(v)})`;
+  return el('li', { class: 'step def-step', data: { step: step.name } },
+    el('span', { class: 'dot', 'aria-hidden': 'true' }, String(index + 1)),
+    el('div', { class: 'step-body' },
+      el('div', { class: 'step-head' }, el('span', { class: 'step-name' }, step.name), stepKeys(step)),
+      el('dl', { class: 'keys' },
+        [el('dt', {}, 'queue'), el('dd', { class: 'mono', data: { key: 'queue' } }, step.queue)],
+        step.group ? [el('dt', {}, 'group'), el('dd', { class: 'mono', data: { key: 'group' } }, step.group)] : null,
+        key('compensate'), key('timeout_ms', ms), key('max_attempts'), key('on_error'), key('pivot'),
+        key('retry_backoff_ms', ms))));
+}
+
+// One version of one definition: its saga-wide keys, then its steps as the timeline shows them.
+function definitionBody(d) {
+  const facts = [
+    ['version', String(d.version)],
+    ['steps', String(d.steps.length)],
+    ['deadline_ms', d.deadline_ms ? `${d.deadline_ms} ms (${fmtDuration(d.deadline_ms)} after the start)` : 'none'],
+  ];
+  return el('div', { class: 'def-version', data: { version: String(d.version) } },
+    el('dl', { class: 'facts' }, facts.flatMap(([k, v]) => [el('dt', {}, k), el('dd', { data: { key: k } }, v)])),
+    stageList(`def-steps-${d.name}`, d.steps, definitionStep));
+}
+
+// A saga type's card: the latest version, or an older one chosen in its select.
+function definitionCard(latest, wantedVersion) {
+  const name = latest.name;
+  const body = el('div', { class: 'def-body' }, definitionBody(latest));
+  const select = el('select', { id: `def-version-${name}`, data: { saga: name } },
+    Array.from({ length: latest.version }, (_, i) => latest.version - i).map((v) =>
+      el('option', { value: String(v) }, v === latest.version ? `v${v} (latest)` : `v${v}`)));
+  async function show(v) {
+    const q = new URLSearchParams({ saga: name, version: String(v) });
+    history.replaceState(null, '', `/ui/definitions?${q}`);
+    if (v === latest.version) {
+      body.replaceChildren(definitionBody(latest));
+      return;
+    }
+    body.replaceChildren(el('p', { class: 'muted' }, `Loading v${v}…`));
+    try {
+      const { status, body: d } = await getJson(`/definitions/${encodeURIComponent(name)}?version=${v}`);
+      if (Number(select.value) !== v) return; // another version was chosen meanwhile
+      body.replaceChildren(status === 200 && d
+        ? definitionBody(d)
+        : el('p', { class: 'error' }, d && d.error ? d.error : `GET /definitions/${name}?version=${v} answered ${status}`));
+    } catch (e) {
+      body.replaceChildren(el('p', { class: 'error' }, e.message));
+    }
+  }
+  select.addEventListener('change', () => show(Number(select.value)));
+  if (wantedVersion && wantedVersion !== latest.version && wantedVersion >= 1 && wantedVersion < latest.version) {
+    select.value = String(wantedVersion);
+    show(wantedVersion);
+  }
+  return el('section', { class: 'def-card', id: `def-${name}`, data: { saga: name } },
+    el('div', { class: 'def-head' },
+      el('h2', {}, el('span', { class: 'mono' }, name)),
+      el('label', {}, 'Version ', select),
+      el('a', { href: `/ui?${new URLSearchParams({ saga: name })}`, class: 'small' }, `its sagas →`)),
+    body);
+}
+
+async function renderDefinitions() {
+  document.title = 'Definitions · saga-service';
+  const params = new URLSearchParams(location.search);
+  const wanted = params.get('saga');
+  const wantedVersion = Number(params.get('version')) || null;
+  const title = el('h1', {}, 'Saga definitions');
+  $('#main').replaceChildren(title, el('p', { class: 'muted' }, 'Loading…'));
+  let status;
+  let body;
+  try {
+    ({ status, body } = await getJson('/definitions'));
+  } catch (e) {
+    $('#main').replaceChildren(title, el('p', { id: 'defs-error', class: 'error' }, e.message));
+    return;
+  }
+  if (status !== 200 || !body || !Array.isArray(body.definitions)) {
+    const why = status === 404
+      ? 'This service does not serve its definitions over HTTP (GET /definitions answered 404).'
+      : body && body.error ? body.error : `GET /definitions answered ${status}`;
+    $('#main').replaceChildren(title, el('p', { id: 'defs-error', class: 'error' }, why));
+    return;
+  }
+  const defs = body.definitions.slice().sort((a, b) => a.name.localeCompare(b.name));
+  const toc = el('nav', { class: 'def-toc', 'aria-label': 'Saga types' },
+    defs.map((d) => el('a', { href: `#def-${d.name}`, class: 'mono' }, d.name)));
+  $('#main').replaceChildren(title,
+    el('p', { class: 'muted' }, `${defs.length} saga type${defs.length === 1 ? '' : 's'}, each at its latest version; choose a version to see an older one (a saga finishes on the version it started with).`),
+    defs.length ? toc : null,
+    el('div', { id: 'definitions' }, defs.map((d) => definitionCard(d, d.name === wanted ? wantedVersion : null))));
+  const card = wanted && document.getElementById(`def-${wanted}`);
+  if (card) card.scrollIntoView();
 }
 
 // ------------------------------------------------------------------ search and start-up
@@ -635,7 +843,14 @@ function start() {
   $('#action-form').addEventListener('submit', submitAction);
   $('#action-cancel').addEventListener('click', () => $('#action-dialog').close());
   const m = location.pathname.match(/^\/ui\/sagas\/([^/]+)\/?$/);
-  if (m) {
+  const onDefinitions = /^\/ui\/definitions\/?$/.test(location.pathname);
+  for (const a of document.querySelectorAll('.top-nav a')) {
+    const here = a.dataset.page === (onDefinitions ? 'definitions' : m ? '' : 'sagas');
+    if (here) a.setAttribute('aria-current', 'page');
+  }
+  if (onDefinitions) {
+    renderDefinitions();
+  } else if (m) {
     sagaState.id = decodeURIComponent(m[1]);
     sagaState.older = [];
     $('#search-input').value = sagaState.id;
