@@ -88,8 +88,14 @@ if ! have python3; then
     exit 1
 fi
 say "checking the dashboards in $DASHBOARDS"
-python3 - "$DASHBOARDS" <<'PY'
+python3 - "$DASHBOARDS" "$tmp/dashboard-rules.yaml" <<'PY'
 import json, pathlib, sys
+
+# Every query, with Grafana's variables given plain values, as a recording rule: promtool
+# then parses each one as PromQL.
+exprs = []
+GRAFANA_VARS = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h",
+                "$saga": ".*", "$instance": ".*"}
 
 failed = False
 def fail(path, why):
@@ -139,7 +145,19 @@ for path in files:
                 fail(path, f"{name}: target {t.get('refId')} has no expr")
             if t.get("datasource", {}).get("uid") != "${datasource}":
                 fail(path, f"{name}: target {t.get('refId')} datasource is not ${{datasource}}")
+            expr = t.get("expr", "")
+            for var, value in GRAFANA_VARS.items():
+                expr = expr.replace(var, value)
+            if "$" in expr:
+                fail(path, f"{name}: target {t.get('refId')}: unknown variable in {expr!r}")
+            exprs.append(expr)
     print(f"observability: {path}: {len(panels)} panels, schemaVersion {d.get('schemaVersion')}")
+with open(sys.argv[2], "w") as out:
+    out.write("groups:\n  - name: dashboard\n    rules:\n")
+    for i, e in enumerate(exprs):
+        out.write(f"      - record: dashboard:query_{i}\n        expr: {json.dumps(e)}\n")
 sys.exit(1 if failed else 0)
 PY
+say "promtool check rules: every dashboard query as PromQL"
+"$promtool" check rules "$tmp/dashboard-rules.yaml"
 say "passed (metric names: cargo test --test api observability)"
