@@ -31,7 +31,7 @@ TEST_ARGS ?=
 export NEMESIS_SECS ?= 300
 export NEMESIS_SEED ?=
 
-.PHONY: help services toolchain build migrate run test lint bench list-bench retention-bench chaos nemesis image up down
+.PHONY: help services toolchain build migrate run test check-ops lint bench list-bench retention-bench chaos nemesis image up up-observability down
 
 help:
 	@echo 'saga-service make targets:'
@@ -40,8 +40,10 @@ help:
 	@echo '  migrate    services + build, then saga-service migrate'
 	@echo '  run        services + build + migrate, then saga-service serve and stubs'
 	@echo '             for commands1..3 (logs in target/run/); Ctrl-C stops them all'
-	@echo '  test       services (and headless Chromium + chromedriver), then cargo test'
+	@echo '  test       services (and headless Chromium + chromedriver), check-ops, then cargo test'
 	@echo '             (SAGA_TEST_DATABASE_URL, SAGA_TEST_AMQP_URL; screenshots in target/ui-screenshots/)'
+	@echo '  check-ops  alert rules and dashboard (promtool, scripts/check-observability.sh) and the'
+	@echo '             Kubernetes manifests (kubernetes-validate in target/venv, scripts/check-k8s.sh)'
 	@echo '  lint       cargo fmt --check and cargo clippy -D warnings'
 	@echo '  bench      services + build, then scripts/bench.sh (every workload; BENCH_RUNS, BENCH_SAGAS, BENCH_ONLY)'
 	@echo '  list-bench services + build, then scripts/list-bench.sh: GET /sagas latency and plans at'
@@ -53,7 +55,8 @@ help:
 	@echo '             nemesis included (NEMESIS_SECS, default 300; NEMESIS_SEED to replay a schedule)'
 	@echo '  nemesis    services, then the nemesis alone (NEMESIS_SECS, NEMESIS_SEED)'
 	@echo '  image      docker build -f docker/Dockerfile -t $(IMAGE) .'
-	@echo '  up / down  docker compose -f docker/compose.yaml up --build / down'
+	@echo '  up / down  docker compose -f docker/compose.yaml up --build / down (every profile)'
+	@echo '  up-observability  the same with Prometheus (:9090) and Grafana (:3002), profile observability'
 	@echo '  toolchain  check that cargo (Rust >= $(RUST_MIN_VERSION)) is installed'
 
 # `make test` adds --with-browser: headless Chromium and chromedriver for the saga browser's test.
@@ -84,8 +87,15 @@ run: migrate
 	SAGA_BIN_DIR=$(RELEASE_DIR) bash scripts/run.sh
 
 test: SERVICES_ARGS = --with-browser
-test: services toolchain
+test: services toolchain check-ops
 	$(CARGO) test $(TEST_ARGS) -- --test-threads=8
+
+# promtool (Debian's prometheus package) and kubernetes-validate (PyPI, in target/venv)
+# are installed by the scripts when missing; the metric names the dashboard and the rules
+# use are checked by cargo test (tests/api/observability.rs).
+check-ops:
+	bash scripts/check-observability.sh
+	bash scripts/check-k8s.sh
 
 lint: toolchain
 	$(CARGO) fmt --all -- --check
@@ -112,5 +122,8 @@ image:
 up:
 	$(COMPOSE) up --build
 
+up-observability:
+	$(COMPOSE) --profile observability up --build
+
 down:
-	$(COMPOSE) down
+	$(COMPOSE) --profile cluster --profile observability down

@@ -19,6 +19,7 @@ mod http_api;
 mod language;
 mod late;
 mod listing;
+mod observability;
 mod openapi;
 mod operator;
 mod passivation;
