@@ -89,6 +89,80 @@ fn proc_cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
+/// The process groups whose CPU the benchmark splits per saga, by `/proc/<pid>/comm`.
+const CPU_GROUPS: [(&str, &str); 5] = [
+    ("postgres", "postgres"),
+    ("beam.smp", "rabbitmq"),
+    ("saga-service", "saga-service"),
+    ("saga-stub", "participants"),
+    ("saga-bench", "driver"),
+];
+
+/// CPU seconds used so far by every live process of each group (PostgreSQL's backends,
+/// RabbitMQ's VM, the orchestrator instances, the stubs, this driver), by group name. A
+/// process that exits between two samples takes its seconds with it; the pools keep
+/// connections open, so none does during a run.
+fn cpu_by_group() -> HashMap<&'static str, f64> {
+    let mut by_group = HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return by_group;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) else {
+            continue;
+        };
+        let Some((_, group)) = CPU_GROUPS.iter().find(|(c, _)| *c == comm.trim()) else {
+            continue;
+        };
+        if let Some(secs) = proc_cpu_seconds(pid) {
+            *by_group.entry(*group).or_insert(0.0) += secs;
+        }
+    }
+    by_group
+}
+
+/// (busy, total) jiffies of the whole machine, from the first line of `/proc/stat`.
+fn machine_jiffies() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: u64 = fields.iter().sum();
+    // idle and iowait
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    Some((total.saturating_sub(idle), total))
+}
+
+/// `cpu_ms_per_saga=postgres:0.48,rabbitmq:0.45,...` and the machine's busy share.
+fn cpu_split(
+    before: &HashMap<&'static str, f64>,
+    after: &HashMap<&'static str, f64>,
+    sagas: usize,
+    machine: Option<((u64, u64), (u64, u64))>,
+) -> String {
+    let per_saga: Vec<String> = CPU_GROUPS
+        .iter()
+        .map(|(_, g)| {
+            let used = after.get(g).copied().unwrap_or(0.0) - before.get(g).copied().unwrap_or(0.0);
+            format!("{g}:{:.3}", used.max(0.0) * 1000.0 / sagas.max(1) as f64)
+        })
+        .collect();
+    let busy = match machine {
+        Some(((b0, t0), (b1, t1))) if t1 > t0 => {
+            format!("{:.0}", (b1 - b0) as f64 * 100.0 / (t1 - t0) as f64)
+        }
+        _ => "-".into(),
+    };
+    format!("cpu_ms_per_saga={} machine_busy_pct={busy}", per_saga.join(","))
+}
+
 fn proc_kib(pid: u32, key: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
@@ -202,6 +276,8 @@ async fn main() -> anyhow::Result<()> {
         .pool_max_idle_per_host(args.concurrency)
         .build()?;
     let cpu0 = args.pid.and_then(proc_cpu_seconds);
+    let groups0 = cpu_by_group();
+    let machine0 = machine_jiffies();
     let sem = Arc::new(Semaphore::new(args.concurrency.max(1)));
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(args.sagas)));
     let transitions = Arc::new(std::sync::atomic::AtomicI64::new(0));
@@ -263,6 +339,12 @@ async fn main() -> anyhow::Result<()> {
         let _ = t.await;
     }
     let elapsed = began.elapsed().as_secs_f64();
+    let split = cpu_split(
+        &groups0,
+        &cpu_by_group(),
+        args.sagas,
+        machine0.zip(machine_jiffies()),
+    );
     let mut lat = latencies.lock().map(|l| l.clone()).unwrap_or_default();
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     let done = lat.len();
@@ -281,7 +363,7 @@ async fn main() -> anyhow::Result<()> {
         .map(|k| format!("{}", k / 1024))
         .unwrap_or("-".into());
     println!(
-        "workload={:?}{} sagas={} concurrency={}{} finished={} failed={} elapsed_s={:.2} sagas_per_s={:.0} p50_ms={:.1} p95_ms={:.1} p99_ms={:.1} transitions_per_s={:.0} orchestrator_cpu_s={} peak_rss_mib={} rss_mib={}",
+        "workload={:?}{} sagas={} concurrency={}{} finished={} failed={} elapsed_s={:.2} sagas_per_s={:.0} p50_ms={:.1} p95_ms={:.1} p99_ms={:.1} transitions_per_s={:.0} orchestrator_cpu_s={} peak_rss_mib={} rss_mib={} {}",
         args.workload,
         if args.label.is_empty() { String::new() } else { format!("[{}]", args.label) },
         args.sagas,
@@ -298,6 +380,7 @@ async fn main() -> anyhow::Result<()> {
         cpu,
         hwm,
         rss,
+        split,
     );
     Ok(())
 }
