@@ -108,7 +108,11 @@ fn cpu_by_group() -> HashMap<&'static str, f64> {
         return by_group;
     };
     for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) else {
@@ -160,7 +164,10 @@ fn cpu_split(
         }
         _ => "-".into(),
     };
-    format!("cpu_ms_per_saga={} machine_busy_pct={busy}", per_saga.join(","))
+    format!(
+        "cpu_ms_per_saga={} machine_busy_pct={busy}",
+        per_saga.join(",")
+    )
 }
 
 fn proc_kib(pid: u32, key: &str) -> Option<u64> {

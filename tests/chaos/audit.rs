@@ -153,6 +153,19 @@ pub async fn audit(
     fails: &BTreeMap<Uuid, usize>,
     steps: usize,
 ) -> Audit {
+    audit_grouped(names, effects, fails, steps, None).await
+}
+
+/// Like [`audit`], for sagas whose steps `group` (1-based, inclusive) run in parallel: a
+/// failure of one of them compensates its siblings too (done, or pending: they may have
+/// run), and a sibling may run after the failing step was refused.
+pub async fn audit_grouped(
+    names: &Names,
+    effects: &[PathBuf],
+    fails: &BTreeMap<Uuid, usize>,
+    steps: usize,
+    group: Option<std::ops::RangeInclusive<usize>>,
+) -> Audit {
     let logs = read_logs(effects);
     let db = db(names).await;
     let mut history: BTreeMap<Uuid, Vec<Event>> = BTreeMap::new();
@@ -204,7 +217,7 @@ pub async fn audit(
             );
         }
         check_history(&mut audit, id, version, &events);
-        check_steps(&mut audit, id, steps, fail, &events, &logs);
+        check_steps(&mut audit, id, steps, fail, group.clone(), &events, &logs);
     }
     for id in history.keys() {
         audit.add(
@@ -248,9 +261,19 @@ fn check_steps(
     id: Uuid,
     steps: usize,
     fail: Option<usize>,
+    group: Option<std::ops::RangeInclusive<usize>>,
     events: &[Event],
     logs: &BTreeMap<(String, String), StepLog>,
 ) {
+    // The last step of `k`'s stage: `k`, or the end of its group.
+    let stage_end = |k: usize| match &group {
+        Some(g) if g.contains(&k) => *g.end(),
+        _ => k,
+    };
+    let stage_start = |k: usize| match &group {
+        Some(g) if g.contains(&k) => *g.start(),
+        _ => k,
+    };
     let empty = StepLog::default();
     let log_of = |k: usize| {
         logs.get(&(id.to_string(), format!("s{k}")))
@@ -282,7 +305,7 @@ fn check_steps(
                 ),
             );
         }
-        if fail.is_some_and(|f| k > f) && !log.execute.is_empty() {
+        if fail.is_some_and(|f| k > stage_end(f)) && !log.execute.is_empty() {
             audit.add(
                 "doubled effect",
                 format!("saga {id} {step} executed after its saga failed at s{fail:?}"),
@@ -293,7 +316,10 @@ fn check_steps(
             .map(|e| e.version);
         let recorded_failed =
             step_events(events, &step).any(|e| e.event.starts_with("step_failed"));
-        if !log.execute.is_empty() && recorded_done.is_none() {
+        // A group sibling's `done` that comes after the group began compensating is ignored
+        // by design; its compensate undoes it.
+        let undone = !log.compensate.is_empty();
+        if !log.execute.is_empty() && recorded_done.is_none() && !undone {
             audit.add(
                 "lost reply",
                 format!(
@@ -320,7 +346,9 @@ fn check_steps(
                     e.version > done_at
                         && (e.event == "step_compensated" || e.event == "compensated")
                 });
-            if compensated && refused_at.is_none_or(|r| r <= k) {
+            // Compensated rightly only when a later step, or a sibling in its group, was refused.
+            let rightly = |r: usize| r > k || (r != k && stage_start(r) == stage_start(k));
+            if compensated && refused_at.is_none_or(|r| !rightly(r)) {
                 audit.add(
                     "completed then compensated",
                     format!(

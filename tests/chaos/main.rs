@@ -19,6 +19,7 @@ mod classic;
 mod cluster;
 mod db_cut;
 mod freeze;
+mod language;
 mod nemesis;
 mod proxy;
 mod queue_loss;

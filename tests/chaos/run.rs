@@ -16,7 +16,14 @@ pub struct Stub {
 }
 
 impl Stub {
-    pub fn start(names: &Names, step: usize, effects: &std::path::Path, delay_ms: u64) -> Stub {
+    /// With `extra` flags (e.g. `--retryable-error-rate`).
+    pub fn start_with(
+        names: &Names,
+        step: usize,
+        effects: &std::path::Path,
+        delay_ms: u64,
+        extra: &[&str],
+    ) -> Stub {
         let child = Command::new(env!("CARGO_BIN_EXE_saga-stub"))
             .args([
                 "--queue",
@@ -26,6 +33,7 @@ impl Stub {
             ])
             .args(["--effects", effects.to_str().unwrap_or_default()])
             .args(["--delay-ms", &delay_ms.to_string()])
+            .args(extra)
             .env("SAGA_AMQP_URL", amqp_url())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -62,14 +70,27 @@ impl Run {
 
     /// Like [`Run::new`], with the steps' `timeout_ms` and `max_attempts`.
     pub async fn with_steps(delay_ms: u64, timeout_ms: u64, max_attempts: u32) -> Run {
+        Run::shaped(3, delay_ms, &[], |names| {
+            steps(names, 3, timeout_ms, max_attempts)
+        })
+        .await
+    }
+
+    /// A run of `n` steps on the definition `def` builds, its stubs started with `extra` flags.
+    pub async fn shaped(
+        n: usize,
+        delay_ms: u64,
+        extra: &[&str],
+        def: impl FnOnce(&Names) -> saga_service::domain::SagaDefinition,
+    ) -> Run {
         let names = Names::new();
-        write_definitions(&names, &[steps(&names, 3, timeout_ms, max_attempts)]);
+        write_definitions(&names, &[def(&names)]);
         create_database(&names).await;
-        let effects: Vec<PathBuf> = (1..=3)
+        let effects: Vec<PathBuf> = (1..=n)
             .map(|i| std::env::temp_dir().join(format!("{}-effects-{i}.log", names.prefix)))
             .collect();
-        let stubs = (1..=3)
-            .map(|i| Stub::start(&names, i, &effects[i - 1], delay_ms))
+        let stubs = (1..=n)
+            .map(|i| Stub::start_with(&names, i, &effects[i - 1], delay_ms, extra))
             .collect();
         Run {
             names,
