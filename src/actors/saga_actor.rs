@@ -305,13 +305,21 @@ impl SagaActor {
         let cid = send.command_id.clone();
         let action = send.action;
         let trace = self.state.traceparent.clone();
+        let partition = self.env.ownership.partition(&self.state.saga_id);
         self.publishing += 1;
         self.sent_at.insert(send.command_id.clone(), Instant::now());
         let metrics = self.env.metrics.clone();
         let fut = async move {
             let started = Instant::now();
             let sent = broker
-                .send_command(&queue, &cid, action.as_str(), &bytes, trace.as_deref())
+                .send_command(
+                    &queue,
+                    &cid,
+                    action.as_str(),
+                    &bytes,
+                    trace.as_deref(),
+                    partition,
+                )
                 .await;
             if sent.is_ok() {
                 metrics.commands_confirmed.inc();

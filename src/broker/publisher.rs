@@ -53,7 +53,9 @@ impl Broker {
     }
 
     /// Sends a command to a participant's queue, with the saga's `traceparent` header if it
-    /// has one; resolves once the broker confirmed it.
+    /// has one; resolves once the broker confirmed it. Its `reply_to` is the queue of the
+    /// saga's `partition`, which whoever holds the partition consumes: the reply goes
+    /// straight to the saga's owner, without a hop through the shared reply queue.
     pub async fn send_command(
         &self,
         queue: &str,
@@ -61,11 +63,13 @@ impl Broker {
         action: &str,
         body: &[u8],
         traceparent: Option<&str>,
+        partition: u32,
     ) -> Result<(), BrokerError> {
+        let reply_to = self.topology.partition_queue(partition);
         let mut props = BasicProperties::default()
             .with_message_id(ShortString::from(command_id))
             .with_correlation_id(ShortString::from(command_id))
-            .with_reply_to(ShortString::from(self.topology.reply_queue.as_str()))
+            .with_reply_to(ShortString::from(reply_to.as_str()))
             .with_type(ShortString::from(action))
             .with_content_type(ShortString::from("application/json"));
         if let Some(tp) = traceparent {

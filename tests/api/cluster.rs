@@ -273,3 +273,46 @@ async fn a_write_racing_a_take_over_waits_for_it_and_is_refused() {
     assert!(!advanced, "the write made under the old epoch was refused");
     participants.close().await;
 }
+
+#[actix_web::test]
+async fn with_two_instances_each_reply_goes_straight_to_its_owner_without_a_forwarding_hop() {
+    let first = spawn_app(None).await;
+    let names = first.names.clone();
+    let participants = Participants::start(&names, 3, always_done()).await;
+    let second = start_app_with(names.clone(), false, |s| {
+        s.cluster.instance_id = "second".into()
+    })
+    .await;
+    let split = wait_until(Duration::from_secs(20), || async {
+        let h = lease_holders(&names).await;
+        h.len() == 2 && h.values().all(|&n| n == 32)
+    })
+    .await;
+    assert!(split, "{:?}", lease_holders(&names).await);
+    // Half the sagas belong to the instance they were not started on.
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let app = if i % 2 == 0 { &first } else { &second };
+        ids.push(app.start_saga(json!({})).await);
+    }
+    for id in &ids {
+        assert!(
+            first
+                .wait_status(*id, "completed", Duration::from_secs(20))
+                .await,
+            "saga {id}"
+        );
+    }
+    for app in [&first, &second] {
+        assert_eq!(
+            crate::amqp::replies_counted(app, "forwarded").await,
+            0,
+            "no reply passed through the shared queue and on to its owner"
+        );
+    }
+    let accepted = crate::amqp::replies_counted(&first, "accepted").await
+        + crate::amqp::replies_counted(&second, "accepted").await;
+    assert_eq!(accepted, 120, "3 replies per saga, each taken by its owner");
+    second.stop().await;
+    participants.close().await;
+}
