@@ -91,11 +91,25 @@ fresh_stack() { # $1 queue type, $2 steps, $3 first stubbed step (default 1)
     start_stubs "${3:-1}" "$2"
 }
 
+# Row updates of `sagas` so far, and how many were HOT (no index entry written).
+sagas_updates() {
+    psql "$DB_URL" -tAc "SELECT n_tup_upd || ' ' || n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'sagas'" 2>/dev/null || echo "0 0"
+}
+
 bench() { # label, steps, saga-bench args...
     local label=$1 steps=$2
     shift 2
+    local u0 u1
+    u0=$(sagas_updates)
     "$BIN/saga-bench" --url "http://127.0.0.1:$PORT" --saga bench --steps "$(step_names "$steps")" \
         --pid "$SVC_PID" --label "$label" "$@" | tee -a "$RESULTS"
+    # The backends report their counts within a second of going idle.
+    sleep 1
+    u1=$(sagas_updates)
+    awk -v a="$u0" -v b="$u1" -v l="$label" 'BEGIN {
+        split(a, x, " "); split(b, y, " "); n = y[1] - x[1]; h = y[2] - x[2];
+        printf "  db[%s]: sagas rows updated %d, HOT %d (%.0f%%)\n", l, n, h, (n > 0 ? 100 * h / n : 0)
+    }' | tee -a "$OUT/db.txt"
 }
 
 metric() { curl -fs "http://127.0.0.1:$PORT/metrics" | awk -v m="$1" '$1 == m {print $2}'; }

@@ -48,6 +48,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0010_paused.sql",
         include_str!("../../sql/0010_paused.sql"),
     ),
+    (
+        11,
+        "0011_hot_updates.sql",
+        include_str!("../../sql/0011_hot_updates.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serialises concurrent migrators.
