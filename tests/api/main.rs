@@ -7,6 +7,7 @@ mod helpers;
 mod hostile;
 
 mod amqps;
+mod check_participant;
 mod cluster;
 mod compensation;
 mod completion;
@@ -21,6 +22,7 @@ mod late;
 mod listing;
 mod openapi;
 mod operator;
+mod operator_cli;
 mod passivation;
 mod quarantine;
 mod replies;
