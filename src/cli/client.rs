@@ -69,8 +69,15 @@ impl ApiClient {
         let shown = redact_url(&args.url);
         let base = Url::parse(&args.url)
             .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https") && !u.cannot_be_a_base())
+            .filter(|u| !u.cannot_be_a_base())
             .ok_or_else(|| ClientError::Usage(format!("invalid SAGA_URL `{shown}`")))?;
+        // reqwest is built without a TLS stack (the service serves plain HTTP): say so
+        // now rather than fail at the first request as if the service were down.
+        if base.scheme() != "http" {
+            return Err(ClientError::Usage(format!(
+                "invalid SAGA_URL `{shown}`: only http:// URLs are supported"
+            )));
+        }
         let timeout = Duration::from_secs(args.timeout_s.max(1));
         let http = reqwest::Client::builder()
             .timeout(timeout)
@@ -201,7 +208,7 @@ mod tests {
 
     #[test]
     fn a_malformed_url_is_bad_usage_with_its_password_hidden() {
-        for bad in ["nope", "ftp://h/", "http://u:pw@[::1"] {
+        for bad in ["nope", "ftp://h/", "https://h/", "http://u:pw@[::1"] {
             let e = ApiClient::new(&args(bad)).unwrap_err();
             assert_eq!(e.exit_code(), EXIT_USAGE, "{bad}");
             assert!(!e.to_string().contains("pw@"), "{e}");
