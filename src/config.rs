@@ -46,6 +46,12 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Run a participant stub on one command queue.
     Stub(StubArgs),
+    /// Operator commands on sagas over the HTTP API: list, show, abort, retry, resume, skip.
+    Sagas(crate::cli::SagasArgs),
+    /// Operator commands on saga definitions over the HTTP API: list, show, put.
+    Definitions(crate::cli::DefinitionsArgs),
+    /// Drive a running participant through the protocol's rules and report each.
+    CheckParticipant(crate::cli::CheckParticipantArgs),
 }
 
 /// Queue type of the queues the orchestrator declares.

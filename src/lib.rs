@@ -2,6 +2,7 @@
 pub mod actors;
 pub mod app_state;
 pub mod broker;
+pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod domain;

@@ -9,8 +9,18 @@ const DEFAULT_FILTER: &str = "info,tokio_postgres=warn,tracing=warn";
 
 /// Installs the logger; `SAGA_LOG_FORMAT=json` selects JSON lines.
 pub fn init() {
+    init_with(DEFAULT_FILTER);
+}
+
+/// Installs the logger of the operator commands: silent unless `RUST_LOG` asks, so that
+/// their own lines (and the tables on stdout) are all an operator sees.
+pub fn init_quiet() {
+    init_with("off");
+}
+
+fn init_with(default_filter: &str) {
     let mut builder =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(DEFAULT_FILTER));
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_filter));
     if std::env::var("SAGA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
         builder.format(|buf, record| {
             let line = json_line(

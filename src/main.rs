@@ -36,16 +36,26 @@ fn exit_on_clap_error(e: clap::Error) -> ! {
 
 #[actix_web::main]
 async fn main() {
-    saga_service::logging::init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => exit_on_clap_error(e),
     };
+    match cli.command {
+        Some(Command::Sagas(_) | Command::Definitions(_) | Command::CheckParticipant(_)) => {
+            saga_service::logging::init_quiet()
+        }
+        _ => saga_service::logging::init(),
+    }
     let code = match cli.command {
         None => serve(cli.serve).await,
         Some(Command::Serve(args)) => serve(args).await,
         Some(Command::Migrate(args)) => migrate(args).await,
         Some(Command::Stub(args)) => stub(args).await,
+        Some(Command::Sagas(args)) => saga_service::cli::run_sagas(args).await,
+        Some(Command::Definitions(args)) => saga_service::cli::run_definitions(args).await,
+        Some(Command::CheckParticipant(args)) => {
+            saga_service::cli::check_participant::run(args).await
+        }
     };
     std::process::exit(code);
 }

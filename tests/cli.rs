@@ -172,6 +172,7 @@ fn help_never_shows_a_password_from_the_environment_or_the_defaults() {
         (service, &["serve", "--help"]),
         (service, &["migrate", "--help"]),
         (service, &["stub", "--help"]),
+        (service, &["check-participant", "--help"]),
         (env!("CARGO_BIN_EXE_saga-stub"), &["--help"]),
         (env!("CARGO_BIN_EXE_saga-bench"), &["--help"]),
     ] {
@@ -265,6 +266,52 @@ fn a_bad_tls_setting_stops_start_up_with_exit_code_2() {
         assert_eq!(code, Some(2), "{var}={value}: {stderr}");
         assert!(stderr.contains(named), "{var}={value}: {stderr}");
         assert!(!stderr.contains(SECRET), "leaks the password: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    }
+}
+
+#[test]
+fn the_operator_commands_help_shows_examples_exit_codes_and_their_environment() {
+    for (args, vars) in [
+        (
+            &["sagas", "--help"][..],
+            &["SAGA_URL", "SAGA_ADMIN_TOKEN"][..],
+        ),
+        (
+            &["definitions", "--help"],
+            &["SAGA_URL", "SAGA_ADMIN_TOKEN"],
+        ),
+        (&["check-participant", "--help"], &["SAGA_AMQP_URL"]),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_saga-service"))
+            .args(args)
+            .env("SAGA_ADMIN_TOKEN", SECRET)
+            .output()
+            .expect("run --help");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert!(
+            text.contains("Examples:") && text.contains("Exit codes"),
+            "{args:?}: {text}"
+        );
+        for var in vars {
+            assert!(text.contains(var), "{var} missing from {args:?}: {text}");
+        }
+        assert!(!text.contains(SECRET), "{args:?} shows the token: {text}");
+    }
+}
+
+#[test]
+fn an_operator_command_with_a_bad_url_or_id_is_bad_usage_exit_2() {
+    for args in [
+        &["sagas", "list", "--url", "https://saga.example"][..],
+        &["sagas", "list", "--url", "not a url"],
+        &["sagas", "show", "no such id!"],
+        &["sagas", "skip", "5QFTNIubMf4y0c2hWv16hN"],
+        &["definitions", "put", "/nonexistent/defs.toml"],
+    ] {
+        let (code, stderr) = run(args, &[]);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
     }
 }

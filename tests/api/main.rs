@@ -7,6 +7,7 @@ mod helpers;
 mod hostile;
 
 mod amqps;
+mod check_participant;
 mod cluster;
 mod compensation;
 mod completion;
@@ -22,6 +23,7 @@ mod listing;
 mod observability;
 mod openapi;
 mod operator;
+mod operator_cli;
 mod passivation;
 mod quarantine;
 mod replies;
