@@ -3,8 +3,8 @@
 
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions,
-    BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer};
@@ -64,11 +64,10 @@ pub(crate) async fn open(url: &str, queue: &str, prefetch: u16) -> Result<Link, 
 
 /// Where a command's reply goes: its `reply_to`.
 pub(crate) fn reply_to(delivery: &Delivery) -> String {
-    delivery
-        .properties
-        .reply_to()
-        .as_ref()
-        .map_or_else(|| DEFAULT_REPLY_QUEUE.to_string(), |q| q.as_str().to_string())
+    delivery.properties.reply_to().as_ref().map_or_else(
+        || DEFAULT_REPLY_QUEUE.to_string(),
+        |q| q.as_str().to_string(),
+    )
 }
 
 /// Publishes a reply (persistent, mandatory, `correlation_id` = the command id) and waits

@@ -23,9 +23,10 @@ CREATE TABLE IF NOT EXISTS saga_inbox (
 CREATE INDEX IF NOT EXISTS saga_inbox_step ON saga_inbox (saga_id, step, action);
 ";
 
-/// Creates the `saga_inbox` table and its index if they do not exist.
-pub async fn migrate(client: &tokio_postgres::Client) -> Result<(), KitError> {
-    client.batch_execute(SCHEMA).await?;
+/// Creates the `saga_inbox` table and its index in the pool's database if they do not
+/// exist ([`SCHEMA`]; run it with your own migrations instead if you prefer).
+pub async fn migrate(pool: &Pool) -> Result<(), KitError> {
+    pool.get().await?.batch_execute(SCHEMA).await?;
     Ok(())
 }
 
@@ -67,7 +68,9 @@ async fn claim(tx: &Transaction<'_>, cmd: &Command) -> Result<Option<Outcome>, K
 /// execute, a compensate (the fence); for a compensate, a successful execute.
 async fn other_half_recorded(tx: &Transaction<'_>, cmd: &Command) -> Result<bool, KitError> {
     let lock = tx
-        .prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1::text || '/' || $2::text, 0))")
+        .prepare_cached(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1::text || '/' || $2::text, 0))",
+        )
         .await?;
     tx.execute(&lock, &[&cmd.saga_id, &cmd.step]).await?;
     let (action, status) = match cmd.action {

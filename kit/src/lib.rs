@@ -53,7 +53,7 @@
 //!
 //! # async fn run() -> Result<(), saga_participant::KitError> {
 //! let pool = pool("postgres://postgres@127.0.0.1/payments", 8)?;
-//! migrate(&pool.get().await?).await?;
+//! migrate(&pool).await?;
 //! let config = Config::new("amqp://guest:guest@127.0.0.1:5672/%2f", "payments");
 //! Participant::new(config, pool, Payments).run().await;
 //! # Ok(())

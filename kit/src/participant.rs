@@ -93,29 +93,66 @@ impl<H: Handler> Participant<H> {
     /// Consumes the command queue until the future is dropped; reconnects (with back-off
     /// from 200 ms to 5 s) whenever the broker connection is lost or cannot be opened.
     pub async fn run(self) {
+        self.run_until(std::future::pending()).await
+    }
+
+    /// Like [`Participant::run`], until `stop` resolves (e.g. on SIGTERM); then closes the
+    /// broker connection. Commands not answered yet are redelivered (and, when their
+    /// outcome was committed, answered from the inbox).
+    pub async fn run_until(self, stop: impl Future<Output = ()>) {
+        let mut stop = std::pin::pin!(stop);
         let mut delay = MIN_BACKOFF;
         loop {
-            match self.serve(&mut delay).await {
-                Ok(()) => log::warn!("command stream ended; reconnecting in {delay:?}"),
+            match self.serve(&mut delay, stop.as_mut()).await {
+                Ok(Served::Stopped) => return,
+                Ok(Served::Ended) => log::warn!("command stream ended; reconnecting in {delay:?}"),
                 Err(e) => log::warn!("participant connection failed: {e}; retrying in {delay:?}"),
             }
-            tokio::time::sleep(delay).await;
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = stop.as_mut() => return,
+            }
             delay = (delay * 2).min(MAX_BACKOFF);
         }
     }
 
-    async fn serve(&self, delay: &mut Duration) -> Result<(), KitError> {
+    async fn serve(
+        &self,
+        delay: &mut Duration,
+        mut stop: std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<Served, KitError> {
         let c = &self.shared.config;
-        let mut link = amqp::open(&c.amqp_url, &c.queue, c.prefetch).await?;
+        let mut link = tokio::select! {
+            link = amqp::open(&c.amqp_url, &c.queue, c.prefetch) => link?,
+            () = stop.as_mut() => return Ok(Served::Stopped),
+        };
         *delay = MIN_BACKOFF;
         log::info!("participant {} consuming {}", c.service, c.queue);
-        while let Some(delivery) = link.consumer.next().await {
-            let delivery = delivery?;
-            tokio::spawn(answer(self.shared.clone(), link.publish.clone(), delivery));
-        }
-        let _ = link.connection.close(200, "consumer ended".into()).await;
-        Ok(())
+        let served = loop {
+            tokio::select! {
+                next = link.consumer.next() => match next {
+                    Some(delivery) => {
+                        tokio::spawn(answer(self.shared.clone(), link.publish.clone(), delivery?));
+                    }
+                    None => break Served::Ended,
+                },
+                () = stop.as_mut() => break Served::Stopped,
+            }
+        };
+        let _ = link
+            .connection
+            .close(200, "participant stopped".into())
+            .await;
+        Ok(served)
     }
+}
+
+/// How one connection's service ended.
+enum Served {
+    /// The broker ended the consumer (the queue was deleted, the channel closed).
+    Ended,
+    /// Asked to stop.
+    Stopped,
 }
 
 /// Processes one delivery: outcome committed, reply confirmed, then ack; otherwise it is
