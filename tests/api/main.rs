@@ -22,6 +22,7 @@ mod listing;
 mod openapi;
 mod operator;
 mod passivation;
+mod python;
 mod quarantine;
 mod replies;
 mod restart;
