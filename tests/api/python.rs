@@ -1,6 +1,7 @@
 //! The README's Python participant (examples/python/participant.py) against the service:
-//! run when `$SAGA_TEST_PYTHON` (default `python3`) imports pika and psycopg, skipped with
-//! a message otherwise (`bash scripts/python-venv.sh` makes target/venv for it).
+//! run when `$SAGA_TEST_PYTHON` (default: target/venv/bin/python if it exists, else
+//! `python3`) imports pika and psycopg, skipped with a message otherwise
+//! (`bash scripts/python-venv.sh` makes target/venv; `make test` runs it).
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -11,7 +12,14 @@ use crate::helpers::*;
 
 /// The Python interpreter to use, if it has pika and psycopg.
 fn python() -> Option<String> {
-    let python = std::env::var("SAGA_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/target/venv/bin/python");
+    let python = std::env::var("SAGA_TEST_PYTHON").unwrap_or_else(|_| {
+        if std::path::Path::new(venv).exists() {
+            venv.into()
+        } else {
+            "python3".into()
+        }
+    });
     let ok = std::process::Command::new(&python)
         .args(["-c", "import pika, psycopg"])
         .stdout(Stdio::null())
