@@ -85,6 +85,7 @@ run: migrate
 
 test: SERVICES_ARGS = --with-browser
 test: services toolchain
+	bash scripts/python-venv.sh
 	$(CARGO) test $(TEST_ARGS) -- --test-threads=8
 
 lint: toolchain

@@ -60,6 +60,8 @@
 //! # }
 //! ```
 
+#![warn(missing_docs)]
+
 mod amqp;
 mod command;
 mod error;
