@@ -88,7 +88,8 @@ run: migrate
 
 test: SERVICES_ARGS = --with-browser
 test: services toolchain check-ops
-	$(CARGO) test $(TEST_ARGS) -- --test-threads=8
+	bash scripts/python-venv.sh
+	$(CARGO) test --workspace $(TEST_ARGS) -- --test-threads=8
 
 # promtool (Debian's prometheus package) and kubernetes-validate (PyPI, in target/venv)
 # are installed by the scripts when missing; the metric names the dashboard and the rules
@@ -99,7 +100,7 @@ check-ops:
 
 lint: toolchain
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 bench: services build
 	bash scripts/bench.sh

@@ -25,6 +25,7 @@ mod openapi;
 mod operator;
 mod operator_cli;
 mod passivation;
+mod python;
 mod quarantine;
 mod replies;
 mod restart;

@@ -1,0 +1,214 @@
+//! The participant: consumes the command queue, processes each command through the inbox,
+//! replies with confirms, then acks; reconnects with back-off.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Pool, Transaction};
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::Channel;
+use serde_json::Value;
+
+use crate::command::{Command, Outcome};
+use crate::error::{KitError, StepError};
+use crate::{amqp, inbox};
+
+/// First back-off after a lost connection; doubles up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(200);
+/// Longest back-off between reconnections.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a command whose outcome could not be committed or answered waits before it is
+/// handed back to the broker (so a database or reply queue that is down is not spun on).
+const REQUEUE_AFTER: Duration = Duration::from_secs(1);
+
+/// A participant's local work for one step: the kit calls it inside the transaction in
+/// which it also records the command's outcome, and commits them together.
+///
+/// `tx` is the only database access the handler gets: write the step's effects through
+/// it (it is a savepoint of the kit's transaction, so a [`StepError::Failed`] undoes them
+/// while the error is still recorded). Do not commit it; the kit does. Work outside the
+/// database (an HTTP call) is not covered by the transaction: make it idempotent.
+pub trait Handler: Send + Sync + 'static {
+    /// Runs `cmd` (an execute, or the compensate of an execute that succeeded here) and
+    /// returns the step's output (sent in the reply and recorded).
+    fn handle(
+        &self,
+        tx: &Transaction<'_>,
+        cmd: &Command,
+    ) -> impl Future<Output = Result<Value, StepError>> + Send;
+}
+
+/// Where a participant listens and who it says it is.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// RabbitMQ, `amqp://user:pass@host:5672/%2f`.
+    pub amqp_url: String,
+    /// The command queue (the step's `queue` in the saga definition); declared durable.
+    pub queue: String,
+    /// The `service` field of replies (default: the queue's name).
+    pub service: String,
+    /// Commands in flight at once (AMQP prefetch; default 16).
+    pub prefetch: u16,
+}
+
+impl Config {
+    /// A configuration with the defaults: `service` = `queue`, prefetch 16.
+    pub fn new(amqp_url: impl Into<String>, queue: impl Into<String>) -> Self {
+        let queue = queue.into();
+        Config {
+            amqp_url: amqp_url.into(),
+            service: queue.clone(),
+            queue,
+            prefetch: 16,
+        }
+    }
+}
+
+struct Shared<H> {
+    config: Config,
+    pool: Pool,
+    handler: H,
+}
+
+/// A participant of saga-service: see the crate's documentation.
+pub struct Participant<H> {
+    shared: Arc<Shared<H>>,
+}
+
+impl<H: Handler> Participant<H> {
+    /// A participant answering `config.queue` with `handler`, on the database of `pool`
+    /// (which must hold `saga_inbox`: see [`crate::migrate`]).
+    pub fn new(config: Config, pool: Pool, handler: H) -> Self {
+        Participant {
+            shared: Arc::new(Shared {
+                config,
+                pool,
+                handler,
+            }),
+        }
+    }
+
+    /// Consumes the command queue until the future is dropped; reconnects (with back-off
+    /// from 200 ms to 5 s) whenever the broker connection is lost or cannot be opened.
+    pub async fn run(self) {
+        self.run_until(std::future::pending()).await
+    }
+
+    /// Like [`Participant::run`], until `stop` resolves (e.g. on SIGTERM); then closes the
+    /// broker connection. Commands not answered yet are redelivered (and, when their
+    /// outcome was committed, answered from the inbox).
+    pub async fn run_until(self, stop: impl Future<Output = ()>) {
+        let mut stop = std::pin::pin!(stop);
+        let mut delay = MIN_BACKOFF;
+        loop {
+            match self.serve(&mut delay, stop.as_mut()).await {
+                Ok(Served::Stopped) => return,
+                Ok(Served::Ended) => log::warn!("command stream ended; reconnecting in {delay:?}"),
+                Err(e) => log::warn!("participant connection failed: {e}; retrying in {delay:?}"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = stop.as_mut() => return,
+            }
+            delay = (delay * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    async fn serve(
+        &self,
+        delay: &mut Duration,
+        mut stop: std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<Served, KitError> {
+        let c = &self.shared.config;
+        let mut link = tokio::select! {
+            link = amqp::open(&c.amqp_url, &c.queue, c.prefetch) => link?,
+            () = stop.as_mut() => return Ok(Served::Stopped),
+        };
+        *delay = MIN_BACKOFF;
+        log::info!("participant {} consuming {}", c.service, c.queue);
+        let served = loop {
+            tokio::select! {
+                next = link.consumer.next() => match next {
+                    Some(delivery) => {
+                        tokio::spawn(answer(self.shared.clone(), link.publish.clone(), delivery?));
+                    }
+                    None => break Served::Ended,
+                },
+                () = stop.as_mut() => break Served::Stopped,
+            }
+        };
+        let _ = link
+            .connection
+            .close(200, "participant stopped".into())
+            .await;
+        Ok(served)
+    }
+}
+
+/// How one connection's service ended.
+enum Served {
+    /// The broker ended the consumer (the queue was deleted, the channel closed).
+    Ended,
+    /// Asked to stop.
+    Stopped,
+}
+
+/// Processes one delivery: outcome committed, reply confirmed, then ack; otherwise it is
+/// handed back (after [`REQUEUE_AFTER`]) and its next delivery answers from the inbox.
+async fn answer<H: Handler>(shared: Arc<Shared<H>>, publish: Channel, delivery: Delivery) {
+    let cmd: Command = match serde_json::from_slice(&delivery.data) {
+        Ok(cmd) => cmd,
+        Err(e) => {
+            log::warn!("unreadable command discarded: {e}");
+            if let Err(e) = amqp::discard(&delivery).await {
+                log::warn!("cannot discard an unreadable command: {e}");
+            }
+            return;
+        }
+    };
+    let (saga, step) = (cmd.saga_id.clone(), cmd.step.clone());
+    // Its own task, so that a handler that panics is a (retryable) answer, not a command
+    // left unacked on a live channel.
+    let job = {
+        let (shared, cmd) = (shared.clone(), cmd.clone());
+        tokio::spawn(async move { inbox::process(&shared.pool, &shared.handler, &cmd).await })
+    };
+    let outcome = match job.await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(e)) => {
+            log::warn!(
+                "saga={saga} step={step} command {} not processed: {e}; requeued",
+                cmd.command_id
+            );
+            return hand_back(&delivery).await;
+        }
+        Err(e) => {
+            log::error!("saga={saga} step={step} handler panicked: {e}");
+            Outcome::Retryable(format!("{} handler panicked", shared.config.service))
+        }
+    };
+    let body = outcome.reply(&cmd, &shared.config.service).to_string();
+    let to = amqp::reply_to(&delivery);
+    match amqp::publish_reply(&publish, &to, &cmd.command_id, body.as_bytes()).await {
+        Ok(()) => {
+            if let Err(e) = amqp::ack(&delivery).await {
+                // Redelivered when the channel closes; answered again from the inbox.
+                log::warn!("saga={saga} step={step} cannot ack: {e}");
+            }
+        }
+        Err(e) => {
+            log::warn!("saga={saga} step={step} reply to {to} not confirmed: {e}; requeued");
+            hand_back(&delivery).await;
+        }
+    }
+}
+
+async fn hand_back(delivery: &Delivery) {
+    tokio::time::sleep(REQUEUE_AFTER).await;
+    if let Err(e) = amqp::requeue(delivery).await {
+        // The channel is gone: the broker redelivers the command anyway.
+        log::warn!("cannot requeue a command: {e}");
+    }
+}
