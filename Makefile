@@ -50,7 +50,6 @@ help:
 	@echo '             1,000,000 sagas in a scratch database (LIST_BENCH_ROWS, LIST_BENCH_REPS, LIST_BENCH_KEEP)'
 	@echo '  retention-bench services + build, then scripts/retention-bench.sh: the happy path with and'
 	@echo '             without a retention sweep deleting 1,000,000 finished sagas (RETENTION_BENCH_ROWS, _SAGAS, _RUNS)'
-	@echo '  chaos      services, then the ignored chaos tests (cargo test --release --test chaos)'
 	@echo '  chaos      services, then every ignored chaos test (cargo test --release --test chaos), the'
 	@echo '             nemesis included (NEMESIS_SECS, default 300; NEMESIS_SEED to replay a schedule)'
 	@echo '  nemesis    services, then the nemesis alone (NEMESIS_SECS, NEMESIS_SEED)'
