@@ -450,7 +450,7 @@ async fn resend_until_confirmed(env: Arc<Env>, registry: Addr<Registry>, r: Rese
                 r.action.as_str(),
                 &r.body,
                 r.trace.as_deref(),
-                env.ownership.partition(&r.saga_id),
+                env.ownership.reply_partition(&r.saga_id),
             )
             .await;
         if sent.is_ok() {

@@ -305,7 +305,7 @@ impl SagaActor {
         let cid = send.command_id.clone();
         let action = send.action;
         let trace = self.state.traceparent.clone();
-        let partition = self.env.ownership.partition(&self.state.saga_id);
+        let partition = self.env.ownership.reply_partition(&self.state.saga_id);
         self.publishing += 1;
         self.sent_at.insert(send.command_id.clone(), Instant::now());
         let metrics = self.env.metrics.clone();

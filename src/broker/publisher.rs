@@ -54,8 +54,10 @@ impl Broker {
 
     /// Sends a command to a participant's queue, with the saga's `traceparent` header if it
     /// has one; resolves once the broker confirmed it. Its `reply_to` is the queue of the
-    /// saga's `partition`, which whoever holds the partition consumes: the reply goes
-    /// straight to the saga's owner, without a hop through the shared reply queue.
+    /// saga's `partition` when one is given, which whoever holds the partition consumes: the
+    /// reply goes straight to the saga's owner, without a hop through the shared reply
+    /// queue; else the shared reply queue (an instance that runs alone: one queue costs
+    /// the broker less than replies spread over 64).
     pub async fn send_command(
         &self,
         queue: &str,
@@ -63,9 +65,12 @@ impl Broker {
         action: &str,
         body: &[u8],
         traceparent: Option<&str>,
-        partition: u32,
+        partition: Option<u32>,
     ) -> Result<(), BrokerError> {
-        let reply_to = self.topology.partition_queue(partition);
+        let reply_to = match partition {
+            Some(p) => self.topology.partition_queue(p),
+            None => self.topology.reply_queue.clone(),
+        };
         let mut props = BasicProperties::default()
             .with_message_id(ShortString::from(command_id))
             .with_correlation_id(ShortString::from(command_id))

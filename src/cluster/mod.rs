@@ -94,6 +94,20 @@ impl Ownership {
             .collect()
     }
 
+    /// Whether this instance holds every partition (it runs alone): then every reply on the
+    /// shared reply queue is its own, and commands ask for replies there.
+    pub fn holds_all(&self) -> bool {
+        self.epochs
+            .iter()
+            .all(|e| e.load(Ordering::Acquire) > 0)
+    }
+
+    /// The partition whose queue a command of saga `id` names as `reply_to`: none (the shared
+    /// reply queue) while this instance runs alone, else the saga's, which its owner consumes.
+    pub fn reply_partition(&self, id: &Uuid) -> Option<u32> {
+        (!self.holds_all()).then(|| self.partition(id))
+    }
+
     /// This process's incarnation (a random id, new at every start).
     pub fn incarnation(&self) -> Uuid {
         self.incarnation

@@ -303,6 +303,12 @@ async fn with_two_instances_each_reply_goes_straight_to_its_owner_without_a_forw
             "saga {id}"
         );
     }
+    for id in &ids {
+        let own = format!("{}.p{}", names.reply_queue, partition_of(id, 64));
+        for c in participants.for_saga(*id) {
+            assert_eq!(c.reply_to.as_deref(), Some(own.as_str()), "saga {id}");
+        }
+    }
     for app in [&first, &second] {
         assert_eq!(
             crate::amqp::replies_counted(app, "forwarded").await,
