@@ -97,9 +97,7 @@ impl Ownership {
     /// Whether this instance holds every partition (it runs alone): then every reply on the
     /// shared reply queue is its own, and commands ask for replies there.
     pub fn holds_all(&self) -> bool {
-        self.epochs
-            .iter()
-            .all(|e| e.load(Ordering::Acquire) > 0)
+        self.epochs.iter().all(|e| e.load(Ordering::Acquire) > 0)
     }
 
     /// The partition whose queue a command of saga `id` names as `reply_to`: none (the shared
