@@ -40,7 +40,7 @@ pub struct StepDefinition {
 }
 
 /// What a step's failure does (`on_error`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OnError {
     /// Compensate the earlier steps (the default).

@@ -29,7 +29,7 @@ fn parse_id(raw: &str) -> Result<SagaId, ApiError> {
         super::view_query::ViewQuery,
     ),
     responses(
-        (status = 200, description = "The saga, its state and one page of its history, oldest first (`history_more` says whether older rows exist)", body = crate::store::SagaView,
+        (status = 200, description = "The saga, its state and one page of its history, oldest first (`history_more` says whether older rows exist)", body = super::timeline::SagaPage,
             headers(("ETag" = String, description = "`\"<version>\"`: give it as `If-Match` to an operator action"))),
         (status = 400, description = "`id` is neither a UUID nor a base62 code, or a page parameter is out of range", body = super::schemas::ErrorBody),
         (status = 404, description = "No such saga", body = super::schemas::ErrorBody),

@@ -14,7 +14,8 @@ use crate::saga::{Pending, SagaState, StepStatus};
 use crate::store::{HistoryRow, SagaView};
 
 /// `GET /sagas/{id}`: the saga's row, payload, state and history, plus its steps.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = SagaDetail)]
 pub struct SagaPage {
     /// Everything the response held before `steps` existed.
     #[serde(flatten)]
@@ -31,7 +32,7 @@ pub struct SagaPage {
 }
 
 /// One step of one saga.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct StepView {
     /// Step name.
     pub name: String,
@@ -56,6 +57,7 @@ pub struct StepView {
     /// Compensate sends so far.
     pub compensate_attempts: u32,
     /// Its `output`, once done.
+    #[schema(value_type = Option<Object>)]
     pub output: Option<Value>,
     /// The last error a participant gave for it.
     pub error: Option<String>,

@@ -58,7 +58,7 @@ impl Status {
 }
 
 /// The two actions a participant is asked to perform for a step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StepAction {
     /// Run the step's local transaction.
@@ -78,7 +78,7 @@ impl StepAction {
 }
 
 /// What the pending command is waiting for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     /// Sent; a time-out is armed.
@@ -91,7 +91,7 @@ pub enum Phase {
 }
 
 /// One command a saga is waiting on (a group has several at once).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Pending {
     /// Index of the step in the definition.
     pub step: usize,
@@ -112,7 +112,7 @@ pub struct Pending {
 }
 
 /// What happened to one step, for compensation decisions and for display.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
     /// Not sent yet.
