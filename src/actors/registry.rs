@@ -76,7 +76,7 @@ impl Revive {
         };
         let holds = |id: &str, generation: i64| {
             held.iter()
-                .any(|(h, g)| h.as_ref() == id && (*g == generation || id == DEADLINE_TIMER))
+                .any(|(h, g)| h.as_ref() == id && *g == generation)
         };
         let timers = state
             .pending
