@@ -280,6 +280,15 @@ async fn two_instances() -> (TestApp, TestApp) {
         s.cluster.instance_id = "second".into()
     })
     .await;
+    // Partitions settled (32 each): none changes hands, re-sending its pending commands,
+    // while the test counts the commands in a queue.
+    let names = first.names.clone();
+    let split = wait_until(Duration::from_secs(20), || async {
+        let h = lease_holders(&names).await;
+        h.len() == 2 && h.values().all(|&n| n == 32)
+    })
+    .await;
+    assert!(split, "{:?}", lease_holders(&names).await);
     (first, second)
 }
 
