@@ -36,10 +36,10 @@ export NEMESIS_SEED ?=
 help:
 	@echo 'saga-service make targets:'
 	@echo '  services   make sure PostgreSQL (127.0.0.1:5432) and RabbitMQ (127.0.0.1:5672) answer'
-	@echo '  build      cargo build --release --bins'
+	@echo '  build      cargo build --release --workspace --bins --examples (with kit/examples/payments.rs)'
 	@echo '  migrate    services + build, then saga-service migrate'
-	@echo '  run        services + build + migrate, then saga-service serve and stubs'
-	@echo '             for commands1..3 (logs in target/run/); Ctrl-C stops them all'
+	@echo '  run        services + build + migrate, then saga-service serve, stubs for commands1..3 and'
+	@echo '             the payments example (logs in target/run/); Ctrl-C stops them all'
 	@echo '  test       services (and headless Chromium + chromedriver), check-ops, then cargo test'
 	@echo '             (SAGA_TEST_DATABASE_URL, SAGA_TEST_AMQP_URL; screenshots in target/ui-screenshots/)'
 	@echo '  check-ops  alert rules and dashboard (promtool, scripts/check-observability.sh) and the'
@@ -77,7 +77,7 @@ toolchain:
 	fi
 
 build: toolchain
-	$(CARGO) build --release --bins
+	$(CARGO) build --release --workspace --bins --examples
 
 migrate: services build
 	SAGA_DATABASE_URL="$${SAGA_DATABASE_URL:-$(LOCAL_DATABASE_URL)}" $(RELEASE_DIR)/saga-service migrate

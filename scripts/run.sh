@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Run saga-service locally with three participant stubs (what `make run` does
-# after services, build and migrate):
-#   saga-service serve
+# Run saga-service locally with three participant stubs and the kit's payments
+# example (what `make run` does after services, build and migrate):
+#   saga-service serve                                  (SAGA_DEFINITIONS: examples/checkout.toml)
 #   saga-stub --queue commandsN --service serviceN      (N = 1..3)
+#   examples/payments --queue payments                  (its own database, created if missing)
 # Logs go to target/run/<name>.log. Waits until GET /readiness answers 200,
 # prints curl commands to try it, then waits. Ctrl-C (SIGINT) or SIGTERM stops
 # every process this script started; so does any one of them exiting.
@@ -11,7 +12,9 @@
 #   SAGA_HTTP_ADDR      listen address of saga-service (0.0.0.0:3000)
 #   SAGA_DATABASE_URL   (postgres://postgres@127.0.0.1:5432/postgres here)
 #   SAGA_AMQP_URL       (amqp://guest:guest@127.0.0.1:5672/%2f)
-#   SAGA_DEFINITIONS, SAGA_REPLY_QUEUE, SAGA_QUEUE_TYPE, RUST_LOG, SAGA_STUB_*
+#   SAGA_DEFINITIONS    (examples/checkout.toml: the `checkout` saga besides `default`)
+#   PAYMENTS_DATABASE_URL  the payments example's database (postgres://postgres@127.0.0.1:5432/payments)
+#   SAGA_REPLY_QUEUE, SAGA_QUEUE_TYPE, RUST_LOG, SAGA_STUB_*
 #   SAGA_BIN_DIR        where the binaries are (target/release)
 #   SAGA_RUN_DIR        where the logs go (target/run)
 #   SAGA_READY_TIMEOUT  seconds to wait for /readiness (60)
@@ -28,6 +31,8 @@ export SAGA_HTTP_ADDR="${SAGA_HTTP_ADDR:-0.0.0.0:3000}"
 export SAGA_DATABASE_URL="${SAGA_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 export SAGA_AMQP_URL="${SAGA_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
 export RUST_LOG="${RUST_LOG:-info}"
+export SAGA_DEFINITIONS="${SAGA_DEFINITIONS:-examples/checkout.toml}"
+export PAYMENTS_DATABASE_URL="${PAYMENTS_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/payments}"
 
 # Where to reach the HTTP server from here: a wildcard listen address means localhost.
 port="${SAGA_HTTP_ADDR##*:}"
@@ -37,12 +42,16 @@ case "$host" in
 esac
 base_url="http://$host:$port"
 
-for bin in saga-service saga-stub; do
+for bin in saga-service saga-stub examples/payments; do
     if [[ ! -x "$BIN_DIR/$bin" ]]; then
         echo "run: $BIN_DIR/$bin not found; build first: make build" >&2
         exit 1
     fi
 done
+if ! command -v psql >/dev/null 2>&1; then
+    echo "run: psql is needed to create the payments example's database (apt-get install -y postgresql-client)" >&2
+    exit 1
+fi
 if ! command -v curl >/dev/null 2>&1; then
     echo "run: curl is needed to wait for /readiness (apt-get install -y curl)" >&2
     exit 1
@@ -57,6 +66,20 @@ if timeout 2 bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$host" "$port" 2>/dev/null; the
     fi
     echo "run: stop it, or choose another address: SAGA_HTTP_ADDR=0.0.0.0:3001 make run" >&2
     exit 1
+fi
+
+# The payments example keeps its table and its inbox in a database of its own, as a
+# participant would: created here (on the server of PAYMENTS_DATABASE_URL) when missing.
+payments_db="${PAYMENTS_DATABASE_URL##*/}"
+payments_db="${payments_db%%\?*}"
+payments_server="${PAYMENTS_DATABASE_URL%/*}/postgres"
+if ! exists="$(psql "$payments_server" -tAc "SELECT 1 FROM pg_database WHERE datname = '$payments_db'")"; then
+    echo "run: cannot reach PostgreSQL at $payments_server to create the payments database" >&2
+    exit 1
+fi
+if [[ "$exists" != 1 ]]; then
+    psql "$payments_server" -qc "CREATE DATABASE \"$payments_db\""
+    echo "run: created database $payments_db for the payments example"
 fi
 
 mkdir -p "$RUN_DIR"
@@ -126,6 +149,7 @@ start saga-service "$BIN_DIR/saga-service" serve
 for n in 1 2 3; do
     start "stub$n" "$BIN_DIR/saga-stub" --queue "commands$n" --service "service$n"
 done
+start payments "$BIN_DIR/examples/payments" --queue payments --database-url "$PAYMENTS_DATABASE_URL"
 
 echo "run: waiting up to ${READY_TIMEOUT}s for $base_url/readiness"
 deadline=$((SECONDS + READY_TIMEOUT))
@@ -153,11 +177,15 @@ saga-service is ready on $base_url (logs: $RUN_DIR/*.log).
 Saga browser: $base_url/ui   Try:
 
   curl -s -X POST $base_url/start -H 'content-type: application/json' -d '{"saga_id":"'\$(cat /proc/sys/kernel/random/uuid)'","payload":{"order":42}}'
+  curl -s -X POST $base_url/start -H 'content-type: application/json' -d '{"saga_id":"'\$(cat /proc/sys/kernel/random/uuid)'","saga":"checkout","payload":{"amount":250}}'
   curl -s $base_url/sagas/<saga_id or code from the answer above>
+  $BIN_DIR/saga-service sagas list --url $base_url
+  psql $PAYMENTS_DATABASE_URL -c 'TABLE payments'
+  $BIN_DIR/saga-service check-participant --queue payments
   curl -s '$base_url/sagas?limit=10'
   curl -s $base_url/metrics
 
-Ctrl-C stops saga-service and the three stubs.
+Ctrl-C stops saga-service, the three stubs and the payments participant.
 EOF
 
 # Wait until one of them exits (then stop the others) or a signal arrives

@@ -11,33 +11,14 @@
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions,
-};
-use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use serde::Deserialize;
+use saga_participant::{Action, Command, Config, KitError, Outcome, Participant, Processor};
 use serde_json::{json, Value};
 
 use crate::broker::AmqpTls;
 use crate::config::StubArgs;
-
-#[derive(Debug, Deserialize)]
-struct Command {
-    command_id: String,
-    saga_id: String,
-    #[serde(default)]
-    step: String,
-    #[serde(default)]
-    action: String,
-    #[serde(default)]
-    payload: Value,
-}
 
 /// What the stub remembers: which commands it answered how, which steps ran.
 #[derive(Default)]
@@ -101,7 +82,7 @@ impl Memory {
             return (reply, None);
         }
         let key = (cmd.saga_id.clone(), cmd.step.clone());
-        let (reply, effect) = if cmd.action == "compensate" {
+        let (reply, effect) = if cmd.action == Action::Compensate {
             if self.executed.remove(&key) {
                 (Reply::Done, Some("compensate"))
             } else {
@@ -148,14 +129,14 @@ impl Memory {
 
 struct Stub {
     args: StubArgs,
-    tls: AmqpTls,
     service: String,
+    delay: Duration,
     memory: Mutex<Memory>,
     effects: Option<Mutex<std::fs::File>>,
 }
 
 impl Stub {
-    fn load(args: StubArgs, tls: AmqpTls) -> anyhow::Result<Self> {
+    fn load(args: StubArgs) -> anyhow::Result<Self> {
         let service = args.service.clone().unwrap_or_else(|| args.queue.clone());
         let mut memory = Memory::default();
         let effects = match &args.effects {
@@ -163,8 +144,8 @@ impl Stub {
             None => None,
         };
         Ok(Stub {
+            delay: Duration::from_millis(args.delay_ms),
             args,
-            tls,
             service,
             memory: Mutex::new(memory),
             effects,
@@ -248,130 +229,29 @@ fn open_effects(path: &PathBuf, memory: &mut Memory) -> anyhow::Result<std::fs::
         .open(path)?)
 }
 
-/// Runs the stub until the process is stopped; reconnects whenever the broker drops.
-pub async fn run(args: StubArgs, tls: AmqpTls) -> anyhow::Result<()> {
-    let stub = Arc::new(Stub::load(args, tls)?);
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match serve(stub.clone()).await {
-            Ok(()) => log::warn!("command stream ended; reconnecting"),
-            Err(e) => log::warn!("stub connection failed: {e}; retrying in {delay:?}"),
+impl Processor for Stub {
+    async fn process(&self, cmd: &Command) -> Result<Outcome, KitError> {
+        if self.delay > Duration::ZERO {
+            tokio::time::sleep(self.delay).await;
         }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
+        Ok(match self.answer(cmd) {
+            Reply::Done => Outcome::Done(json!({"service": self.service, "step": cmd.step})),
+            Reply::Error(error) => Outcome::Error(error),
+            Reply::Retryable(error) => Outcome::Retryable(error),
+        })
     }
 }
 
-async fn serve(stub: Arc<Stub>) -> anyhow::Result<()> {
-    let conn = crate::broker::connect_amqp(
-        &stub.args.amqp_url,
-        ConnectionProperties::default(),
-        &stub.tls,
-    )
-    .await?;
-    let consume = conn.create_channel().await?;
-    let queue = ShortString::from(stub.args.queue.as_str());
-    if consume
-        .queue_declare(
-            queue.clone(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .is_err()
-    {
-        // Declared by the orchestrator with other arguments (quorum): consume it as it is.
-        return serve_existing(stub, conn).await;
-    }
-    consume_on(stub, &conn, consume).await
-}
-
-async fn serve_existing(stub: Arc<Stub>, conn: Connection) -> anyhow::Result<()> {
-    let consume = conn.create_channel().await?;
-    consume_on(stub, &conn, consume).await
-}
-
-async fn consume_on(stub: Arc<Stub>, conn: &Connection, consume: Channel) -> anyhow::Result<()> {
-    let publish = conn.create_channel().await?;
-    publish
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    consume
-        .basic_qos(stub.args.prefetch, BasicQosOptions::default())
-        .await?;
-    let mut consumer = consume
-        .basic_consume(
-            ShortString::from(stub.args.queue.as_str()),
-            ShortString::from(""),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    log::info!("stub {} consuming {}", stub.service, stub.args.queue);
-    while let Some(delivery) = consumer.next().await {
-        let delivery = delivery?;
-        let stub = stub.clone();
-        let publish = publish.clone();
-        tokio::spawn(async move {
-            let cmd: Command = match serde_json::from_slice(&delivery.data) {
-                Ok(c) => c,
-                Err(e) => {
-                    log::warn!("unreadable command dropped: {e}");
-                    let _ = delivery.ack(BasicAckOptions::default()).await;
-                    return;
-                }
-            };
-            if stub.args.delay_ms > 0 {
-                tokio::time::sleep(Duration::from_millis(stub.args.delay_ms)).await;
-            }
-            let reply = match stub.answer(&cmd) {
-                Reply::Done => json!({
-                    "command_id": cmd.command_id, "saga_id": cmd.saga_id, "status": "done",
-                    "service": stub.service, "error": null,
-                    "output": {"service": stub.service, "step": cmd.step},
-                }),
-                Reply::Error(error) => json!({
-                    "command_id": cmd.command_id, "saga_id": cmd.saga_id, "status": "error",
-                    "service": stub.service, "output": {}, "error": error,
-                }),
-                Reply::Retryable(error) => json!({
-                    "command_id": cmd.command_id, "saga_id": cmd.saga_id, "status": "error",
-                    "retryable": true, "service": stub.service, "output": {}, "error": error,
-                }),
-            };
-            let reply_to = delivery
-                .properties
-                .reply_to()
-                .as_ref()
-                .map(|s| s.as_str().to_string())
-                .unwrap_or_else(|| "responses".into());
-            let props = BasicProperties::default()
-                .with_correlation_id(ShortString::from(cmd.command_id.as_str()))
-                .with_content_type(ShortString::from("application/json"))
-                .with_delivery_mode(2);
-            let body = reply.to_string();
-            let sent = match publish
-                .basic_publish(
-                    ShortString::from(""),
-                    ShortString::from(reply_to.as_str()),
-                    BasicPublishOptions::default(),
-                    body.as_bytes(),
-                    props,
-                )
-                .await
-            {
-                Ok(confirm) => confirm.await.is_ok(),
-                Err(_) => false,
-            };
-            // Unanswered commands are redelivered when the channel closes; the answer is remembered.
-            if sent {
-                let _ = delivery.ack(BasicAckOptions::default()).await;
-            }
-        });
-    }
+/// Runs the stub until the process is stopped. The transport is the `saga-participant`
+/// kit's (replies with publisher confirms, ack after the confirm, reconnection with
+/// back-off); the stub's memory replaces the kit's database inbox.
+pub async fn run(args: StubArgs, tls: AmqpTls) -> anyhow::Result<()> {
+    let mut config = Config::new(args.amqp_url.clone(), args.queue.clone());
+    config.prefetch = args.prefetch;
+    config.ca_pem = tls.ca_pem().map(str::to_string);
+    let stub = Stub::load(args)?;
+    config.service = stub.service.clone();
+    Participant::with_processor(config, stub).run().await;
     Ok(())
 }
 
@@ -379,13 +259,16 @@ async fn consume_on(stub: Arc<Stub>, conn: &Connection, consume: Channel) -> any
 mod tests {
     use super::*;
 
-    fn command(id: &str, action: &str) -> Command {
+    fn command(id: &str, action: Action) -> Command {
         Command {
             command_id: id.into(),
             saga_id: "s".into(),
+            saga: "default".into(),
             step: "a".into(),
-            action: action.into(),
+            action,
+            attempt: 1,
             payload: Value::Null,
+            results: Value::Null,
         }
     }
 
@@ -403,7 +286,7 @@ mod tests {
     #[test]
     fn a_retryable_error_is_not_the_outcome_so_a_resend_runs_again() {
         let mut mem = Memory::default();
-        let cmd = command("c1", "execute");
+        let cmd = command("c1", Action::Execute);
         let (reply, effect) = mem.answer(&cmd, || Verdict::RetryLater);
         assert!(matches!(reply, Reply::Retryable(_)), "{reply:?}");
         assert_eq!(effect, Some("retryable"));
@@ -418,7 +301,7 @@ mod tests {
     #[test]
     fn a_plain_error_is_the_outcome_given_again_to_every_resend() {
         let mut mem = Memory::default();
-        let cmd = command("c1", "execute");
+        let cmd = command("c1", Action::Execute);
         let (first, _) = mem.answer(&cmd, || Verdict::Fail);
         let (again, effect) = mem.answer(&cmd, || Verdict::Run);
         assert!(matches!(first, Reply::Error(_)));
@@ -428,10 +311,10 @@ mod tests {
     #[test]
     fn a_compensate_after_a_retryable_error_fences_the_step_it_never_ran() {
         let mut mem = Memory::default();
-        mem.answer(&command("c1", "execute"), || Verdict::RetryLater);
-        let (reply, effect) = mem.answer(&command("c2", "compensate"), || Verdict::Run);
+        mem.answer(&command("c1", Action::Execute), || Verdict::RetryLater);
+        let (reply, effect) = mem.answer(&command("c2", Action::Compensate), || Verdict::Run);
         assert_eq!((reply, effect), (Reply::Done, Some("fence")));
-        let (reply, effect) = mem.answer(&command("c1", "execute"), || Verdict::Run);
+        let (reply, effect) = mem.answer(&command("c1", Action::Execute), || Verdict::Run);
         assert_eq!(effect, None, "fenced: not run");
         assert!(
             matches!(reply, Reply::Error(_)),

@@ -6,10 +6,15 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
     BasicRejectOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
+    DefaultConnectionBuilder,
+};
 
 use crate::error::KitError;
+use crate::participant::Config;
 
 /// The queue a command without `reply_to` is answered on (the orchestrator's default).
 const DEFAULT_REPLY_QUEUE: &str = "responses";
@@ -21,9 +26,19 @@ pub(crate) struct Link {
     pub(crate) publish: Channel,
 }
 
-/// Connects, declares the command queue (durable) and starts consuming it.
-pub(crate) async fn open(url: &str, queue: &str, prefetch: u16) -> Result<Link, KitError> {
-    let connection = Connection::connect(url, ConnectionProperties::default()).await?;
+/// Connects (`amqps://` with TLS, trusting `config.ca_pem` besides the system's roots),
+/// declares the command queue (durable) and starts consuming it.
+pub(crate) async fn open(config: &Config) -> Result<Link, KitError> {
+    let (queue, prefetch) = (config.queue.as_str(), config.prefetch);
+    let connection = DefaultConnectionBuilder::new()?
+        .with_uri_str(config.amqp_url.clone())
+        .with_properties(ConnectionProperties::default())
+        .with_tls_config(OwnedTLSConfig {
+            identity: None,
+            cert_chain: config.ca_pem.clone(),
+        })
+        .connect()
+        .await?;
     let mut consume = connection.create_channel().await?;
     let declared = consume
         .queue_declare(

@@ -51,7 +51,7 @@ pub struct Command {
 
 /// What a command came to: recorded (done, error) or not (retryable).
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Outcome {
+pub enum Outcome {
     /// `done` with the handler's output (recorded).
     Done(Value),
     /// `error` (recorded: every re-send gets it again).
@@ -62,7 +62,7 @@ pub(crate) enum Outcome {
 
 impl Outcome {
     /// The reply body for `cmd`, from `service`.
-    pub(crate) fn reply(&self, cmd: &Command, service: &str) -> Value {
+    pub fn reply(&self, cmd: &Command, service: &str) -> Value {
         let mut reply = json!({
             "command_id": cmd.command_id, "saga_id": cmd.saga_id, "service": service,
         });

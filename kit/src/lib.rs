@@ -68,11 +68,11 @@ mod error;
 mod inbox;
 mod participant;
 
-pub use command::{Action, Command};
+pub use command::{Action, Command, Outcome};
 pub use deadpool_postgres::{Pool, Transaction};
 pub use error::{KitError, StepError};
 pub use inbox::{migrate, SCHEMA};
-pub use participant::{Config, Handler, Participant};
+pub use participant::{Config, Handler, Inbox, Participant, Processor};
 
 /// A pool of connections to `database_url` (`postgres://user@host:port/db`, no TLS) of
 /// at most `size` connections; connections are opened on demand and replaced when lost.

@@ -1,5 +1,5 @@
-//! The participant: consumes the command queue, processes each command through the inbox,
-//! replies with confirms, then acks; reconnects with back-off.
+//! The participant: consumes the command queue, processes each command (through the inbox,
+//! or a [`Processor`] of its own), replies with confirms, then acks; reconnects with back-off.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -40,6 +40,39 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Value, StepError>> + Send;
 }
 
+/// How a command becomes its [`Outcome`]: the layer under [`Handler`].
+///
+/// [`Participant::new`] uses [`Inbox`], which gives the exactly-once guarantee: use that.
+/// Implement this only for a participant that keeps no effects in a database (a test
+/// double, like saga-service's own stub); the kit still does the transport: consuming,
+/// replying with confirms, acking after the confirm, handing back what failed, reconnecting.
+/// An `Err` hands the command back to the broker (after a second) to be processed again.
+pub trait Processor: Send + Sync + 'static {
+    /// Decides `cmd`'s outcome (a repeat of a `command_id` must get the first outcome again).
+    fn process(&self, cmd: &Command) -> impl Future<Output = Result<Outcome, KitError>> + Send;
+}
+
+/// The [`Processor`] of [`Participant::new`]: each command in one transaction of `pool`'s
+/// database, with its outcome recorded in `saga_inbox` (see the crate's documentation).
+pub struct Inbox<H> {
+    pool: Pool,
+    handler: H,
+}
+
+impl<H: Handler> Inbox<H> {
+    /// `handler`'s work through the inbox of `pool`'s database (which must hold
+    /// `saga_inbox`: see [`crate::migrate`]).
+    pub fn new(pool: Pool, handler: H) -> Self {
+        Inbox { pool, handler }
+    }
+}
+
+impl<H: Handler> Processor for Inbox<H> {
+    async fn process(&self, cmd: &Command) -> Result<Outcome, KitError> {
+        inbox::process(&self.pool, &self.handler, cmd).await
+    }
+}
+
 /// Where a participant listens and who it says it is.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -51,6 +84,8 @@ pub struct Config {
     pub service: String,
     /// Commands in flight at once (AMQP prefetch; default 16).
     pub prefetch: u16,
+    /// PEM certificates trusted for an `amqps://` URL besides the system's (default none).
+    pub ca_pem: Option<String>,
 }
 
 impl Config {
@@ -62,31 +97,35 @@ impl Config {
             service: queue.clone(),
             queue,
             prefetch: 16,
+            ca_pem: None,
         }
     }
 }
 
-struct Shared<H> {
+struct Shared<P> {
     config: Config,
-    pool: Pool,
-    handler: H,
+    processor: P,
 }
 
 /// A participant of saga-service: see the crate's documentation.
-pub struct Participant<H> {
-    shared: Arc<Shared<H>>,
+pub struct Participant<P> {
+    shared: Arc<Shared<P>>,
 }
 
-impl<H: Handler> Participant<H> {
+impl<H: Handler> Participant<Inbox<H>> {
     /// A participant answering `config.queue` with `handler`, on the database of `pool`
     /// (which must hold `saga_inbox`: see [`crate::migrate`]).
     pub fn new(config: Config, pool: Pool, handler: H) -> Self {
+        Participant::with_processor(config, Inbox::new(pool, handler))
+    }
+}
+
+impl<P: Processor> Participant<P> {
+    /// A participant answering `config.queue` through `processor` instead of the inbox
+    /// (see [`Processor`]: not for effects that must happen once).
+    pub fn with_processor(config: Config, processor: P) -> Self {
         Participant {
-            shared: Arc::new(Shared {
-                config,
-                pool,
-                handler,
-            }),
+            shared: Arc::new(Shared { config, processor }),
         }
     }
 
@@ -123,7 +162,7 @@ impl<H: Handler> Participant<H> {
     ) -> Result<Served, KitError> {
         let c = &self.shared.config;
         let mut link = tokio::select! {
-            link = amqp::open(&c.amqp_url, &c.queue, c.prefetch) => link?,
+            link = amqp::open(c) => link?,
             () = stop.as_mut() => return Ok(Served::Stopped),
         };
         *delay = MIN_BACKOFF;
@@ -157,7 +196,7 @@ enum Served {
 
 /// Processes one delivery: outcome committed, reply confirmed, then ack; otherwise it is
 /// handed back (after [`REQUEUE_AFTER`]) and its next delivery answers from the inbox.
-async fn answer<H: Handler>(shared: Arc<Shared<H>>, publish: Channel, delivery: Delivery) {
+async fn answer<P: Processor>(shared: Arc<Shared<P>>, publish: Channel, delivery: Delivery) {
     let cmd: Command = match serde_json::from_slice(&delivery.data) {
         Ok(cmd) => cmd,
         Err(e) => {
@@ -173,7 +212,7 @@ async fn answer<H: Handler>(shared: Arc<Shared<H>>, publish: Channel, delivery: 
     // left unacked on a live channel.
     let job = {
         let (shared, cmd) = (shared.clone(), cmd.clone());
-        tokio::spawn(async move { inbox::process(&shared.pool, &shared.handler, &cmd).await })
+        tokio::spawn(async move { shared.processor.process(&cmd).await })
     };
     let outcome = match job.await {
         Ok(Ok(outcome)) => outcome,

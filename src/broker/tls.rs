@@ -24,6 +24,11 @@ impl AmqpTls {
         })
     }
 
+    /// The PEM text of the CA file, if one was given.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
+    }
+
     fn owned_config(&self) -> OwnedTLSConfig {
         OwnedTLSConfig {
             identity: None,
