@@ -15,9 +15,22 @@ pub enum StepError {
 }
 
 impl From<tokio_postgres::Error> for StepError {
-    /// A database error inside the handler (`?` on a query) is taken as transient.
+    /// A database error inside the handler (`?` on a query), with PostgreSQL's own message
+    /// and SQLSTATE. A data exception or an integrity constraint violation (SQLSTATE classes
+    /// 22 and 23: a duplicate key, a check that fails, a value out of range) fails the step
+    /// for good, as running it again would fail the same way; anything else (a lost
+    /// connection, a deadlock, a serialization failure, a statement time-out) is transient.
     fn from(e: tokio_postgres::Error) -> Self {
-        StepError::Retryable(format!("database: {e}"))
+        let Some(db) = e.as_db_error() else {
+            return StepError::Retryable(format!("database: {e}"));
+        };
+        let code = db.code().code();
+        let text = format!("database: {} (SQLSTATE {code})", db.message());
+        if code.starts_with("22") || code.starts_with("23") {
+            StepError::Failed(text)
+        } else {
+            StepError::Retryable(text)
+        }
     }
 }
 

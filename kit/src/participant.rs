@@ -228,6 +228,17 @@ async fn answer<P: Processor>(shared: Arc<Shared<P>>, publish: Channel, delivery
             Outcome::Retryable(format!("{} handler panicked", shared.config.service))
         }
     };
+    match &outcome {
+        Outcome::Done(_) => {}
+        Outcome::Error(e) => log::warn!(
+            "saga={saga} step={step} {} answered error: {e}",
+            cmd.action.as_str()
+        ),
+        Outcome::Retryable(e) => log::warn!(
+            "saga={saga} step={step} {} answered retryable error: {e}",
+            cmd.action.as_str()
+        ),
+    }
     let body = outcome.reply(&cmd, &shared.config.service).to_string();
     let to = amqp::reply_to(&delivery);
     match amqp::publish_reply(&publish, &to, &cmd.command_id, body.as_bytes()).await {

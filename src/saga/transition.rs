@@ -489,6 +489,9 @@ fn on_execute_done(
 ) -> Record {
     let k = p.step;
     next.steps[k].status = StepStatus::Done;
+    // An earlier attempt's retryable error is history (its `step_retry` record), not the
+    // step's state.
+    next.steps[k].error = None;
     next.results.insert(def.steps[k].name.clone(), output);
     remove_pending(next, k);
     go_on(next, def, k, "step_done", effects)
@@ -528,6 +531,8 @@ fn on_compensate_done(
 ) -> Record {
     let k = p.step;
     next.steps[k].status = StepStatus::Compensated;
+    // As for a done step: a failed compensate attempt before this one is history.
+    next.steps[k].error = None;
     remove_pending(next, k);
     next.status = compensation_status(next);
     compensate_next(next, def, effects);

@@ -53,6 +53,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0011_hot_updates.sql",
         include_str!("../../sql/0011_hot_updates.sql"),
     ),
+    (
+        12,
+        "0012_history_without_fk.sql",
+        include_str!("../../sql/0012_history_without_fk.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serialises concurrent migrators.

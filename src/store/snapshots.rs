@@ -107,7 +107,10 @@ pub struct StartConflict {
 
 // The fence locks the lease row (FOR KEY SHARE): a take-over (`leases::acquire` locks the
 // row FOR UPDATE) waits for a batch in flight, or the batch waits for the take-over and then
-// finds the epoch changed. Renewals (non-key updates) do not conflict with it.
+// finds the epoch changed. Renewals (non-key updates) do not conflict with it. Each
+// partition of the batch is locked once (`fence`, a locking CTE, evaluated once), not once
+// per transition; a row whose partition's epoch or owner changed joins no fence row and is
+// not written.
 const UPDATE_BATCH: &str = "
 WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::jsonb[],
@@ -115,15 +118,17 @@ WITH input AS (
                          $12::text[], $13::timestamptz[], $14::text[], $15::jsonb[])
         AS t(id, version, status, step, state, event, event_step, detail, part, epoch, trace,
              deadline, okey, obody)
+), fence AS (
+    SELECT p.partition, p.epoch FROM saga_partitions p
+     WHERE p.owner = $11
+       AND (p.partition, p.epoch) IN (SELECT DISTINCT part, epoch FROM input)
+       FOR KEY SHARE
 ), upd AS (
     UPDATE sagas s
        SET version = i.version, status = i.status, step = i.step, state = i.state, updated_at = now()
-      FROM input i
+      FROM input i JOIN fence f ON f.partition = i.part AND f.epoch = i.epoch
      WHERE s.id = i.id AND s.version = i.version - 1
        AND (i.deadline IS NULL OR clock_timestamp() < i.deadline)
-       AND EXISTS (SELECT 1 FROM saga_partitions p
-                    WHERE p.partition = i.part AND p.epoch = i.epoch AND p.owner = $11
-                    FOR KEY SHARE)
     RETURNING s.id
 ), ev AS (
     INSERT INTO saga_events (saga_id, version, event, step, status, detail, traceparent)

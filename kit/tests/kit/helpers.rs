@@ -77,7 +77,8 @@ impl Script {
 
 impl Handler for Script {
     /// Writes the effect row `(command_id, saga_id, step, action)`, then per `mode`:
-    /// `ok` (default), `fail_after_write`, `retry_after_write`, `retry_once`, `slow`
+    /// `ok` (default), `fail_after_write`, `retry_after_write`, `retry_once`, `violate`
+    /// (divides by zero through `?`), `slow`
     /// (holds the transaction 500 ms), `kill_once` (terminates its own database session).
     async fn handle(&self, tx: &Transaction<'_>, cmd: &Command) -> Result<Value, StepError> {
         self.runs.fetch_add(1, Ordering::SeqCst);
@@ -95,6 +96,11 @@ impl Handler for Script {
             "fail_after_write" => Err(StepError::Failed("refused after writing".into())),
             "retry_after_write" => Err(StepError::Retryable("busy after writing".into())),
             "retry_once" if self.first_time(cmd) => Err(StepError::Retryable("busy".into())),
+            "violate" => {
+                // A data exception through `?`: a failure for good, in PostgreSQL's words.
+                tx.execute("SELECT 1 / 0", &[]).await?;
+                Ok(json!({"unreachable": true}))
+            }
             "slow" => {
                 tx.execute("SELECT pg_sleep(0.5)", &[]).await?;
                 Ok(json!({"step": cmd.step, "run": Uuid::new_v4().to_string()}))

@@ -210,3 +210,31 @@ fn the_time_out_armed_before_a_retryable_error_is_stale() {
     let t = ok(&backing_off, &d, &fire(&backing_off, &exec_id(&d, 1)));
     assert_eq!(t.effects, sends(&d, 1, Execute, 2, t.state.version));
 }
+
+#[test]
+fn a_step_done_after_a_retryable_error_carries_no_error_and_its_compensate_neither() {
+    let d = def_with(&[("a", true), ("b", true)], 4);
+    let s = ok(&started(&d), &d, &retryable(&exec_id(&d, 0), "busy")).state;
+    assert_eq!(s.steps[0].error.as_deref(), Some("busy"));
+    let s = ok(&s, &d, &fire(&s, &exec_id(&d, 0))).state;
+    let s = ok(&s, &d, &done(&exec_id(&d, 0), json!({}))).state;
+    assert_eq!(s.steps[0].status, St::Done);
+    assert_eq!(
+        s.steps[0].error, None,
+        "the retry's error is history, not the step's"
+    );
+    // b fails: a compensates, its first compensate answers error, the second done.
+    let s = ok(&s, &d, &error(&exec_id(&d, 1), "no")).state;
+    let s = ok(&s, &d, &error(&comp_id(&d, 0), "later")).state;
+    assert_eq!(s.steps[0].error.as_deref(), Some("later"));
+    let s = ok(&s, &d, &fire(&s, &comp_id(&d, 0))).state;
+    let s = ok(&s, &d, &done(&comp_id(&d, 0), json!({}))).state;
+    assert_eq!(s.status, Status::Compensated);
+    assert_eq!(s.steps[0].status, St::Compensated);
+    assert_eq!(s.steps[0].error, None);
+    assert_eq!(
+        s.steps[1].error.as_deref(),
+        Some("no"),
+        "a failed step keeps its error"
+    );
+}
