@@ -31,7 +31,7 @@ TEST_ARGS ?=
 export NEMESIS_SECS ?= 300
 export NEMESIS_SEED ?=
 
-.PHONY: help services toolchain build migrate run test check-ops lint bench list-bench retention-bench chaos nemesis image up up-observability down
+.PHONY: help services toolchain build migrate run test check-ops lint bench list-bench retention-bench chaos nemesis dashboard-screenshot image up up-observability down
 
 help:
 	@echo 'saga-service make targets:'
@@ -53,6 +53,9 @@ help:
 	@echo '  chaos      services, then every ignored chaos test (cargo test --release --test chaos), the'
 	@echo '             nemesis included (NEMESIS_SECS, default 300; NEMESIS_SEED to replay a schedule)'
 	@echo '  nemesis    services, then the nemesis alone (NEMESIS_SECS, NEMESIS_SEED)'
+	@echo '  dashboard-screenshot services + build, then scripts/dashboard-screenshot.sh: a few minutes of'
+	@echo '             load scraped by Prometheus, the Grafana dashboard rendered into docs/dashboard.png'
+	@echo '             (DASH_RATE, DASH_LOAD_SECS, DASH_OUT; Prometheus from Debian, matplotlib in target/dash-venv)'
 	@echo '  image      docker build -f docker/Dockerfile -t $(IMAGE) .'
 	@echo '  up / down  docker compose -f docker/compose.yaml up --build / down (every profile)'
 	@echo '  up-observability  the same with Prometheus (:9090) and Grafana (:3002), profile observability'
@@ -115,6 +118,11 @@ chaos: services toolchain
 
 nemesis: services toolchain
 	$(CARGO) test --release --test chaos -- --ignored --test-threads=1 --nocapture nemesis
+
+# Not part of `make test`: it runs several minutes of load and needs Prometheus (Debian's
+# package, installed by the script when missing and root) and matplotlib (in target/dash-venv).
+dashboard-screenshot: services build
+	bash scripts/dashboard-screenshot.sh
 
 image:
 	docker build -f docker/Dockerfile -t $(IMAGE) .
