@@ -5,6 +5,32 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+/// `outcome` values of `saga_replies_total`.
+const REPLY_OUTCOMES: &[&str] = &[
+    "accepted",
+    "ignored",
+    "dead_lettered",
+    "requeued",
+    "forwarded",
+    "forward_failed",
+    "handed_over",
+    "forged_hand_over",
+];
+/// `change` values of `saga_partition_changes_total`.
+const PARTITION_CHANGES: &[&str] = &["acquired", "lost", "released", "expired"];
+/// `reason` values of `saga_retries_total`.
+const RETRY_REASONS: &[&str] = &["timeout", "retryable_error", "compensate_error"];
+/// `table` values of `saga_retention_deleted_total`.
+const RETENTION_TABLES: &[&str] = &["sagas", "saga_events", "saga_quarantine", "saga_instances"];
+/// `status` values of `saga_finished_total`.
+const FINISHED_STATUSES: &[&str] = &["completed", "compensated", "failed", "paused"];
+
+fn prime(counter: &IntCounterVec, values: &[&str]) {
+    for v in values {
+        counter.with_label_values(&[v]);
+    }
+}
+
 /// Every metric the service exports at `/metrics`.
 #[derive(Clone)]
 pub struct Metrics {
@@ -167,6 +193,13 @@ impl Metrics {
             "Rows deleted by the retention sweep",
             &["table"],
         )?;
+        // Every label value the service can count starts at 0, so that a first increment is
+        // an increase to rules and dashboards (`increase()` sees no change in a series that
+        // is born at 1: the first dead-lettered reply would never fire an alert).
+        prime(&replies, REPLY_OUTCOMES);
+        prime(&partition_changes, PARTITION_CHANGES);
+        prime(&retries, RETRY_REASONS);
+        prime(&retention_deleted, RETENTION_TABLES);
         Ok(Metrics {
             events_announced,
             retention_deleted,
@@ -189,6 +222,17 @@ impl Metrics {
             confirm_seconds,
             sagas_by_status,
         })
+    }
+
+    /// Starts the per-type series of saga type `saga` at 0 (see [`Metrics::new`]): on
+    /// start-up for the configured definitions, and with each saga started.
+    pub fn prime_saga(&self, saga: &str) {
+        for status in FINISHED_STATUSES {
+            self.sagas_finished.with_label_values(&[saga, status]);
+        }
+        for counter in [&self.sagas_started, &self.sagas_aborted, &self.sagas_paused] {
+            counter.with_label_values(&[saga]);
+        }
     }
 
     /// The text exposition of every metric.

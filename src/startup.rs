@@ -37,7 +37,11 @@ impl Application {
         let settings_grace = settings.shutdown_timeout;
         let port = listener.local_addr()?.port();
         let pool = store::build_pool(&settings.database, settings.db_pool_size);
-        let mut app_state = AppState::new(pool, Metrics::new()?);
+        let metrics = Metrics::new()?;
+        for def in &settings.definitions {
+            metrics.prime_saga(&def.name);
+        }
+        let mut app_state = AppState::new(pool, metrics);
         app_state.admin_token = settings.admin_token.clone();
         let state = web::Data::new(app_state);
         let http_state = state.clone();

@@ -173,7 +173,8 @@ Examples:
   saga-service check-participant --queue commands1
   saga-service check-participant --queue hotels --step hotel --timeout-ms 2000
 
-Each rule of CONTRACT.md section 3 gets one line, `pass` or `FAIL: why`:
+Each rule of the participant protocol (README, Participant protocol) gets one line,
+`pass` or `FAIL: why`:
   fresh       a fresh execute is answered done or error, with its command_id and saga_id
   repeat      the same command_id again gets the same answer (effects are not observable
               from here: only the answers are compared)
@@ -182,7 +183,8 @@ Each rule of CONTRACT.md section 3 gets one line, `pass` or `FAIL: why`:
               command's execute sent afterwards is answered error
   replies     every reply is JSON with saga_id, status and command_id (or correlation_id),
               on the reply_to queue
-It uses its own exclusive reply queue and fresh saga ids, and touches no database.
+It uses its own exclusive reply queue and fresh saga ids, and touches no database; the
+participant runs the fresh command for real (its effect stays, under saga type --saga).
 
 Exit codes: 0 every rule passed, 1 a rule failed, 2 bad usage, 3 the broker cannot be reached.";
 

@@ -206,6 +206,7 @@ pub async fn start(
     };
     match existing {
         None => {
+            state.metrics.prime_saga(&def.name);
             state
                 .metrics
                 .sagas_started

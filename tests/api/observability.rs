@@ -287,3 +287,43 @@ async fn every_metric_the_dashboard_and_the_alert_rules_select_is_served() {
     }
     participants.close().await;
 }
+
+/// Rules and dashboards take `increase()` of counters: a series born at its first increment
+/// hides that increment (the first dead-lettered reply would fire nothing). Every label
+/// value the service counts is served at 0 before anything happened, and the per-type
+/// series for each configured saga type.
+#[actix_web::test]
+async fn counters_are_served_at_zero_before_their_first_increment() {
+    let names = Names::new();
+    write_definitions(&names, &[steps(&names, 1, 1_000, 3)]);
+    create_database(&names).await;
+    let app = start_app(names, true).await;
+    let text = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let saga = app.saga().to_string();
+    let expected = [
+        r#"saga_replies_total{outcome="dead_lettered"} 0"#.to_string(),
+        r#"saga_replies_total{outcome="forged_hand_over"} 0"#.to_string(),
+        r#"saga_partition_changes_total{change="expired"} 0"#.to_string(),
+        r#"saga_retries_total{reason="timeout"} 0"#.to_string(),
+        r#"saga_retention_deleted_total{table="sagas"} 0"#.to_string(),
+        format!(r#"saga_finished_total{{saga="{saga}",status="failed"}} 0"#),
+        format!(r#"saga_finished_total{{saga="{saga}",status="paused"}} 0"#),
+        format!(r#"saga_started_total{{saga="{saga}"}} 0"#),
+        format!(r#"saga_aborted_total{{saga="{saga}"}} 0"#),
+    ];
+    for line in expected {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing `{line}` in:\n{text}"
+        );
+    }
+    app.stop().await;
+}
