@@ -4,13 +4,16 @@
 # runs every workload with saga-bench, and prints one line per run plus medians.
 # Knobs: BENCH_RUNS (3), BENCH_SAGAS (20000), BENCH_IDLE_SAGAS (100000), BENCH_PORT (3100),
 # BENCH_BIN (target/release: the binaries to measure, e.g. another build for a before/after),
-# BENCH_ONLY (space-separated subset of: classic quorum steps10 payload rehydrate instances).
+# BENCH_ONLY (space-separated subset of: classic quorum steps10 payload rehydrate instances),
+# BENCH_HALF_RUNS (1: runs at half the peak rate), BENCH_HALF_RATE (that rate; default half
+# the median happy rate at C = 1,000 of this run).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 BIN=${BENCH_BIN:-target/release}
 PORT=${BENCH_PORT:-3100}
 RUNS=${BENCH_RUNS:-3}
+HALF_RUNS=${BENCH_HALF_RUNS:-1}
 SAGAS=${BENCH_SAGAS:-20000}
 IDLE=${BENCH_IDLE_SAGAS:-100000}
 ONLY=${BENCH_ONLY:-classic quorum steps10 payload rehydrate instances}
@@ -78,13 +81,18 @@ start_stubs() { # $1 first step, $2 last step
     done
 }
 
+# Every queue a run may have declared (rabbitmqctl starts a VM per call: four at a time).
+delete_queues() {
+    # shellcheck disable=SC2016 # $1 is expanded by the inner sh
+    { reply_queues; seq -f 'bench.c%g' 1 10; } |
+        xargs -P 4 -I{} sh -c 'rabbitmqctl -q delete_queue "$1" >/dev/null 2>&1 || true' _ {}
+}
+
 # A fresh database and queues, the orchestrator, and stubs for steps $3..$2.
 fresh_stack() { # $1 queue type, $2 steps, $3 first stubbed step (default 1)
     stop_stack
     psql "$ADMIN" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB" >/dev/null
-    for q in $(reply_queues) $(seq -f 'bench.c%g' 1 10); do
-        rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true
-    done
+    delete_queues
     write_definitions "$2"
     start_orchestrator "$1"
     wait_ready
@@ -121,9 +129,12 @@ if wants classic; then
     fresh_stack classic 3
     bench warmup 3 --sagas 2000 --concurrency 200 >/dev/null
     for _ in $(seq "$RUNS"); do bench classic 3 --sagas "$SAGAS" --concurrency 1000; done
+    for _ in $(seq "$RUNS"); do bench classic-200 3 --sagas "$SAGAS" --concurrency 200; done
     peak=$(awk '/\[classic\]/ {for (i=1;i<=NF;i++) if ($i ~ /^sagas_per_s=/) {split($i,a,"="); print a[2]}}' "$RESULTS" | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}')
     bench one-at-a-time 3 --sagas 500 --concurrency 1
-    bench half-peak 3 --sagas "$SAGAS" --concurrency 100000 --rate "$((peak / 2))"
+    for _ in $(seq "$HALF_RUNS"); do
+        bench half-peak 3 --sagas "$SAGAS" --concurrency 100000 --rate "${BENCH_HALF_RATE:-$((peak / 2))}"
+    done
     for _ in $(seq "$RUNS"); do bench compensate 3 --sagas "$SAGAS" --concurrency 1000 --workload compensate; done
     for _ in $(seq "$RUNS"); do bench mixed 3 --sagas "$SAGAS" --concurrency 1000 --workload mixed; done
 fi
@@ -186,7 +197,7 @@ if wants instances; then
     done
 fi
 stop_stack
-for q in $(reply_queues) $(seq -f 'bench.c%g' 1 10); do rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true; done
+delete_queues
 psql "$ADMIN" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null
 
 echo "bench: medians (sagas/s, p50 ms, p99 ms, transitions/s) per label"
