@@ -230,7 +230,9 @@ async fn answer<P: Processor>(shared: Arc<Shared<P>>, publish: Channel, delivery
     };
     match &outcome {
         Outcome::Done(_) => {}
-        Outcome::Error(e) => log::warn!(
+        // A step's failure is a business outcome (a card declined), not the participant's
+        // trouble: info. A retryable error is a transient fault worth a look: warn.
+        Outcome::Error(e) => log::info!(
             "saga={saga} step={step} {} answered error: {e}",
             cmd.action.as_str()
         ),

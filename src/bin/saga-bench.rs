@@ -289,6 +289,7 @@ async fn main() -> anyhow::Result<()> {
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(args.sagas)));
     let transitions = Arc::new(std::sync::atomic::AtomicI64::new(0));
     let failures = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let refusals = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let began = Instant::now();
     let mut tasks = Vec::with_capacity(args.sagas);
     let mut ticker = args
@@ -300,13 +301,14 @@ async fn main() -> anyhow::Result<()> {
             t.tick().await;
         }
         let permit = sem.clone().acquire_owned().await?;
-        let (args, http, waiters, latencies, transitions, failures) = (
+        let (args, http, waiters, latencies, transitions, failures, refusals) = (
             args.clone(),
             http.clone(),
             waiters.clone(),
             latencies.clone(),
             transitions.clone(),
             failures.clone(),
+            refusals.clone(),
         );
         tasks.push(tokio::spawn(async move {
             let id = Uuid::new_v4();
@@ -320,9 +322,20 @@ async fn main() -> anyhow::Result<()> {
             let t0 = Instant::now();
             let body = json!({"saga_id": id, "saga": args.saga, "payload": payload_for(&args, i)});
             let base = &args.url[i % args.url.len().max(1)];
-            let ok = matches!(http.post(format!("{base}/start")).json(&body).send().await, Ok(r) if r.status() == 200);
-            if !ok {
-                failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let refused = match http.post(format!("{base}/start")).json(&body).send().await {
+                Ok(r) if r.status() == 200 => None,
+                Ok(r) => {
+                    let status = r.status();
+                    Some(format!("{status} {}", r.text().await.unwrap_or_default()))
+                }
+                Err(e) => Some(format!("request failed: {e}")),
+            };
+            if let Some(why) = refused {
+                // Told apart from sagas that started and never finished (`failed`): a
+                // refused start is the HTTP side's answer, printed so that it can be read.
+                if refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 5 {
+                    eprintln!("saga-bench: start of {id} refused: {why}");
+                }
                 return drop(permit);
             }
             if hold {
@@ -370,13 +383,14 @@ async fn main() -> anyhow::Result<()> {
         .map(|k| format!("{}", k / 1024))
         .unwrap_or("-".into());
     println!(
-        "workload={:?}{} sagas={} concurrency={}{} finished={} failed={} elapsed_s={:.2} sagas_per_s={:.0} p50_ms={:.1} p95_ms={:.1} p99_ms={:.1} transitions_per_s={:.0} orchestrator_cpu_s={} peak_rss_mib={} rss_mib={} {}",
+        "workload={:?}{} sagas={} concurrency={}{} finished={} refused={} failed={} elapsed_s={:.2} sagas_per_s={:.0} p50_ms={:.1} p95_ms={:.1} p99_ms={:.1} transitions_per_s={:.0} orchestrator_cpu_s={} peak_rss_mib={} rss_mib={} {}",
         args.workload,
         if args.label.is_empty() { String::new() } else { format!("[{}]", args.label) },
         args.sagas,
         args.concurrency,
         args.rate.map(|r| format!(" rate={r}")).unwrap_or_default(),
         done,
+        refusals.load(std::sync::atomic::Ordering::Relaxed),
         failures.load(std::sync::atomic::Ordering::Relaxed),
         elapsed,
         if matches!(args.workload, Workload::Hold) { args.sagas as f64 / elapsed } else { done as f64 / elapsed },
