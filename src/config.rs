@@ -123,7 +123,8 @@ pub struct ServeArgs {
     #[arg(long, env = "SAGA_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: usize,
     /// Concurrent snapshot-writer transactions (each commits a batch of transitions).
-    #[arg(long, env = "SAGA_SNAPSHOT_WRITERS", default_value_t = 4)]
+    /// Two beat four here: fewer writers make larger batches (README, Performance).
+    #[arg(long, env = "SAGA_SNAPSHOT_WRITERS", default_value_t = 2)]
     pub snapshot_writers: usize,
     /// Most transitions committed in one snapshot transaction.
     #[arg(long, env = "SAGA_SNAPSHOT_BATCH", default_value_t = 256)]

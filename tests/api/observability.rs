@@ -46,6 +46,17 @@ const NOT_DRIVEN: &[(&str, &str, &str, &str)] = &[
 /// Labels Prometheus adds to every scraped series.
 const TARGET_LABELS: &[&str] = &["job", "instance"];
 
+async fn metrics_text(app: &TestApp) -> String {
+    app.http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
 fn read(path: &str) -> String {
     let full = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path);
     std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("read {}: {e}", full.display()))
@@ -255,15 +266,7 @@ async fn every_metric_the_dashboard_and_the_alert_rules_select_is_served() {
     assert!(publish_raw(&participants.channel, &reply_queue, b"not json", None).await);
 
     let problems = || async {
-        let text = app
-            .http
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .expect("GET /metrics")
-            .text()
-            .await
-            .expect("metrics text");
+        let text = metrics_text(&app).await;
         let served = Served::parse(&text);
         let mut out = BTreeSet::new();
         for (expr, s) in &used {
@@ -298,15 +301,7 @@ async fn counters_are_served_at_zero_before_their_first_increment() {
     write_definitions(&names, &[steps(&names, 1, 1_000, 3)]);
     create_database(&names).await;
     let app = start_app(names, true).await;
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let text = metrics_text(&app).await;
     let saga = app.saga().to_string();
     let expected = [
         r#"saga_replies_total{outcome="dead_lettered"} 0"#.to_string(),
