@@ -78,19 +78,10 @@ pub struct MigrateArgs {
     pub database_url: String,
 }
 
-/// Flags of `serve`.
+/// The RabbitMQ flags of every command that talks AMQP (`serve`, `stub`,
+/// `check-participant`, `saga-bench`).
 #[derive(Debug, Clone, Args)]
-pub struct ServeArgs {
-    /// PostgreSQL URL; libpq's `sslmode` and `sslrootcert` parameters select TLS
-    /// [default: postgres://postgres:***@localhost:5432/postgres].
-    #[arg(
-        long,
-        env = "SAGA_DATABASE_URL",
-        hide_env_values = true,
-        hide_default_value = true,
-        default_value = "postgres://postgres:postgres@localhost:5432/postgres"
-    )]
-    pub database_url: String,
+pub struct AmqpArgs {
     /// RabbitMQ URL; `amqps://` connects with TLS
     /// [default: amqp://guest:***@127.0.0.1:5672/%2f].
     #[arg(
@@ -104,6 +95,40 @@ pub struct ServeArgs {
     /// PEM file of CA certificates trusted for `amqps://`, besides the system's.
     #[arg(long, env = "SAGA_AMQP_CA_FILE")]
     pub amqp_ca_file: Option<PathBuf>,
+}
+
+impl AmqpArgs {
+    /// The local broker, no extra CA.
+    pub fn local(amqp_url: impl Into<String>) -> Self {
+        AmqpArgs {
+            amqp_url: amqp_url.into(),
+            amqp_ca_file: None,
+        }
+    }
+
+    /// Checks the URL and reads the CA file; returns the TLS roots for `amqps://`.
+    pub fn check(&self) -> Result<AmqpTls, ConfigError> {
+        check_amqp_url(&self.amqp_url)?;
+        amqp_tls(self.amqp_ca_file.as_deref())
+    }
+}
+
+/// Flags of `serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// PostgreSQL URL; libpq's `sslmode` and `sslrootcert` parameters select TLS
+    /// [default: postgres://postgres:***@localhost:5432/postgres].
+    #[arg(
+        long,
+        env = "SAGA_DATABASE_URL",
+        hide_env_values = true,
+        hide_default_value = true,
+        default_value = "postgres://postgres:postgres@localhost:5432/postgres"
+    )]
+    pub database_url: String,
+    /// RabbitMQ.
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
     /// HTTP listen address.
     #[arg(long, env = "SAGA_HTTP_ADDR", default_value = "0.0.0.0:3000")]
     pub http_addr: String,
@@ -186,19 +211,9 @@ pub struct StubArgs {
     /// Commands handled at once.
     #[arg(long, env = "SAGA_STUB_PREFETCH", default_value_t = 200)]
     pub prefetch: u16,
-    /// RabbitMQ URL; `amqps://` connects with TLS
-    /// [default: amqp://guest:***@127.0.0.1:5672/%2f].
-    #[arg(
-        long,
-        env = "SAGA_AMQP_URL",
-        hide_env_values = true,
-        hide_default_value = true,
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
-    pub amqp_url: String,
-    /// PEM file of CA certificates trusted for `amqps://`, besides the system's.
-    #[arg(long, env = "SAGA_AMQP_CA_FILE")]
-    pub amqp_ca_file: Option<PathBuf>,
+    /// RabbitMQ.
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
 }
 
 /// A bad configuration value: start-up stops with this one line, exit code 2.
@@ -312,8 +327,8 @@ impl ServeArgs {
     /// Validates every value; the error names the one that is wrong.
     pub fn settings(&self) -> Result<Settings, ConfigError> {
         let database = parse_database_url(&self.database_url)?;
-        let amqp_url = check_amqp_url(&self.amqp_url)?;
-        let amqp_tls = amqp_tls(self.amqp_ca_file.as_deref())?;
+        let amqp_tls = self.amqp.check()?;
+        let amqp_url = self.amqp.amqp_url.clone();
         let http_addr = SocketAddr::from_str(&self.http_addr).map_err(|e| {
             ConfigError(format!("invalid SAGA_HTTP_ADDR `{}`: {e}", self.http_addr))
         })?;
@@ -407,8 +422,7 @@ impl ServeArgs {
 impl StubArgs {
     /// Validates the stub's values; returns its TLS roots for `amqps://`.
     pub fn check(&self) -> Result<AmqpTls, ConfigError> {
-        check_amqp_url(&self.amqp_url)?;
-        let tls = amqp_tls(self.amqp_ca_file.as_deref())?;
+        let tls = self.amqp.check()?;
         check_queue_name("SAGA_STUB_QUEUE", &self.queue)?;
         for (name, rate) in [
             ("SAGA_STUB_ERROR_RATE", self.error_rate),

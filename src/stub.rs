@@ -246,7 +246,7 @@ impl Processor for Stub {
 /// kit's (replies with publisher confirms, ack after the confirm, reconnection with
 /// back-off); the stub's memory replaces the kit's database inbox.
 pub async fn run(args: StubArgs, tls: AmqpTls) -> anyhow::Result<()> {
-    let mut config = Config::new(args.amqp_url.clone(), args.queue.clone());
+    let mut config = Config::new(args.amqp.amqp_url.clone(), args.queue.clone());
     config.prefetch = args.prefetch;
     config.ca_pem = tls.ca_pem().map(str::to_string);
     let stub = Stub::load(args)?;

@@ -34,19 +34,9 @@ struct Args {
     /// over instances of one database.
     #[arg(long, default_value = "http://127.0.0.1:3000", value_delimiter = ',')]
     url: Vec<String>,
-    /// RabbitMQ URL (to observe saga.events); `amqps://` connects with TLS
-    /// [default: amqp://guest:***@127.0.0.1:5672/%2f].
-    #[arg(
-        long,
-        env = "SAGA_AMQP_URL",
-        hide_env_values = true,
-        hide_default_value = true,
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
-    amqp_url: String,
-    /// PEM file of CA certificates trusted for `amqps://`, besides the system's.
-    #[arg(long, env = "SAGA_AMQP_CA_FILE")]
-    amqp_ca_file: Option<std::path::PathBuf>,
+    /// RabbitMQ (to observe saga.events).
+    #[command(flatten)]
+    amqp: saga_service::config::AmqpArgs,
     /// What to run.
     #[arg(long, value_enum, default_value = "happy")]
     workload: Workload,
@@ -192,11 +182,13 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 type Waiters = Arc<Mutex<HashMap<Uuid, oneshot::Sender<i64>>>>;
 
 async fn observe(args: &Args, waiters: Waiters) -> anyhow::Result<Connection> {
-    let tls = saga_service::config::amqp_tls(args.amqp_ca_file.as_deref())?;
-    saga_service::config::check_amqp_url(&args.amqp_url)?;
-    let conn =
-        saga_service::broker::connect_amqp(&args.amqp_url, ConnectionProperties::default(), &tls)
-            .await?;
+    let tls = args.amqp.check()?;
+    let conn = saga_service::broker::connect_amqp(
+        &args.amqp.amqp_url,
+        ConnectionProperties::default(),
+        &tls,
+    )
+    .await?;
     let ch = conn.create_channel().await?;
     ch.exchange_declare(
         ShortString::from("saga.events"),

@@ -1,5 +1,6 @@
 //! Flags of `sagas`, `definitions` and `check-participant`.
 
+use crate::config::AmqpArgs;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
@@ -204,17 +205,7 @@ pub struct CheckParticipantArgs {
     /// Milliseconds to wait for each answer.
     #[arg(long, default_value_t = 5_000)]
     pub timeout_ms: u64,
-    /// RabbitMQ URL; `amqps://` connects with TLS
-    /// [default: amqp://guest:***@127.0.0.1:5672/%2f].
-    #[arg(
-        long,
-        env = "SAGA_AMQP_URL",
-        hide_env_values = true,
-        hide_default_value = true,
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
-    pub amqp_url: String,
-    /// PEM file of CA certificates trusted for `amqps://`, besides the system's.
-    #[arg(long, env = "SAGA_AMQP_CA_FILE")]
-    pub amqp_ca_file: Option<PathBuf>,
+    /// RabbitMQ.
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
 }

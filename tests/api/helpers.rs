@@ -151,8 +151,7 @@ pub async fn create_database(names: &Names) {
 pub fn settings(names: &Names) -> Settings {
     let args = saga_service::config::ServeArgs {
         database_url: names.db_url(),
-        amqp_url: amqp_url(),
-        amqp_ca_file: None,
+        amqp: saga_service::config::AmqpArgs::local(amqp_url()),
         http_addr: "127.0.0.1:0".into(),
         definitions: Some(names.defs_path.clone()),
         reply_queue: names.reply_queue.clone(),

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::args::CheckParticipantArgs;
 use super::{EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE};
-use crate::config::{amqp_tls, check_amqp_url, redact_url};
+use crate::config::redact_url;
 use probe::{Command, NoAnswer, Probe};
 use reply::Answer;
 
@@ -34,9 +34,9 @@ pub async fn run(args: CheckParticipantArgs) -> i32 {
             return EXIT_USAGE;
         }
     };
-    let url = redact_url(&args.amqp_url);
+    let url = redact_url(&args.amqp.amqp_url);
     let connecting =
-        crate::broker::connect_amqp(&args.amqp_url, ConnectionProperties::default(), &tls);
+        crate::broker::connect_amqp(&args.amqp.amqp_url, ConnectionProperties::default(), &tls);
     let conn = match tokio::time::timeout(Duration::from_secs(15), connecting).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => {
@@ -57,8 +57,7 @@ pub async fn run(args: CheckParticipantArgs) -> i32 {
 }
 
 fn check_inputs(args: &CheckParticipantArgs) -> Result<crate::broker::AmqpTls, String> {
-    check_amqp_url(&args.amqp_url).map_err(|e| e.to_string())?;
-    let tls = amqp_tls(args.amqp_ca_file.as_deref()).map_err(|e| e.to_string())?;
+    let tls = args.amqp.check().map_err(|e| e.to_string())?;
     if args.queue.trim().is_empty() {
         return Err("--queue must name the participant's command queue".into());
     }
