@@ -225,7 +225,7 @@ impl Metrics {
     }
 
     /// Starts the per-type series of saga type `saga` at 0 (see [`Metrics::new`]): on
-    /// start-up for the configured definitions, and with each saga started.
+    /// start-up for the configured definitions, and with the first saga of a type started.
     pub fn prime_saga(&self, saga: &str) {
         for status in FINISHED_STATUSES {
             self.sagas_finished.with_label_values(&[saga, status]);

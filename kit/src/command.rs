@@ -62,7 +62,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// The reply body for `cmd`, from `service`.
-    pub fn reply(&self, cmd: &Command, service: &str) -> Value {
+    pub(crate) fn reply(&self, cmd: &Command, service: &str) -> Value {
         let mut reply = json!({
             "command_id": cmd.command_id, "saga_id": cmd.saga_id, "service": service,
         });

@@ -206,12 +206,16 @@ pub async fn start(
     };
     match existing {
         None => {
-            state.metrics.prime_saga(&def.name);
-            state
+            let started = state
                 .metrics
                 .sagas_started
-                .with_label_values(&[def.name.as_str()])
-                .inc();
+                .with_label_values(&[def.name.as_str()]);
+            if started.get() == 0 {
+                // The type's first start here (it may have been stored after start-up, by
+                // another instance): its other series start at 0 too.
+                state.metrics.prime_saga(&def.name);
+            }
+            started.inc();
             state
                 .metrics
                 .transitions
