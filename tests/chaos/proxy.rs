@@ -211,6 +211,9 @@ async fn copy(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut state: watch:
 #[actix_web::test]
 async fn the_proxy_forwards_resets_and_black_holes_postgres_connections() {
     use crate::helpers::create_database;
+    // Its connection goes to the real PostgreSQL, which the outage tests stop: one at a
+    // time with them, or a restart closes it mid-test (seen once in CI: `Closed`).
+    let _serial = crate::SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let names = Names::new();
     create_database(&names).await;
     let proxy = Proxy::start();
