@@ -4,6 +4,7 @@
 # runs every workload with saga-bench, and prints one line per run plus medians.
 # Knobs: BENCH_RUNS (3), BENCH_SAGAS (20000), BENCH_IDLE_SAGAS (100000), BENCH_PORT (3100),
 # BENCH_BIN (target/release: the binaries to measure, e.g. another build for a before/after),
+# BENCH_SVC (the orchestrator alone from another build; stubs and saga-bench from BENCH_BIN),
 # BENCH_ONLY (space-separated subset of: classic quorum steps10 payload rehydrate instances),
 # BENCH_HALF_RUNS (1: runs at half the peak rate), BENCH_HALF_RATE (that rate; default half
 # the median happy rate at C = 1,000 of this run).
@@ -11,6 +12,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 BIN=${BENCH_BIN:-target/release}
+SVC=${BENCH_SVC:-$BIN/saga-service}
 PORT=${BENCH_PORT:-3100}
 RUNS=${BENCH_RUNS:-3}
 HALF_RUNS=${BENCH_HALF_RUNS:-1}
@@ -68,7 +70,7 @@ start_orchestrator() { # $1 queue type, $2 instance index (default 0): port PORT
     local idx=${2:-0}
     SAGA_DATABASE_URL=$DB_URL SAGA_HTTP_ADDR=127.0.0.1:$((PORT + idx)) SAGA_DEFINITIONS=$DEFS \
         SAGA_REPLY_QUEUE=bench.responses SAGA_QUEUE_TYPE=$1 SAGA_INSTANCE_ID="bench-$idx" \
-        RUST_LOG=warn "$BIN/saga-service" serve >> "$OUT/orchestrator.log" 2>&1 &
+        RUST_LOG=warn "$SVC" serve >> "$OUT/orchestrator.log" 2>&1 &
     SVC_PIDS+=($!)
     SVC_PID=${SVC_PIDS[0]}
 }

@@ -3,7 +3,7 @@
 
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
     BasicRejectOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::tcp::OwnedTLSConfig;
@@ -13,6 +13,7 @@ use lapin::{
     DefaultConnectionBuilder,
 };
 
+use crate::acks::Acks;
 use crate::error::KitError;
 use crate::participant::Config;
 
@@ -23,6 +24,8 @@ const DEFAULT_REPLY_QUEUE: &str = "responses";
 pub(crate) struct Link {
     pub(crate) connection: Connection,
     pub(crate) consumer: Consumer,
+    /// The acks of the consumer's channel.
+    pub(crate) acks: std::sync::Arc<Acks>,
     pub(crate) publish: Channel,
 }
 
@@ -73,6 +76,7 @@ pub(crate) async fn open(config: &Config) -> Result<Link, KitError> {
     Ok(Link {
         connection,
         consumer,
+        acks: std::sync::Arc::new(Acks::new(consume)),
         publish,
     })
 }
@@ -118,27 +122,29 @@ pub(crate) async fn publish_reply(
     }
 }
 
-/// Acks a command (its reply was confirmed).
-pub(crate) async fn ack(delivery: &Delivery) -> Result<(), KitError> {
-    delivery.ack(BasicAckOptions::default()).await?;
+/// Acks a command (its reply was confirmed), in one frame with others where it can.
+pub(crate) async fn ack(acks: &Acks, delivery: &Delivery) -> Result<(), KitError> {
+    acks.ack(delivery.delivery_tag).await?;
     Ok(())
 }
 
 /// Hands a command back for redelivery (its outcome could not be made durable or answered).
-pub(crate) async fn requeue(delivery: &Delivery) -> Result<(), KitError> {
+pub(crate) async fn requeue(acks: &Acks, delivery: &Delivery) -> Result<(), KitError> {
     delivery
         .nack(BasicNackOptions {
             requeue: true,
             ..Default::default()
         })
         .await?;
+    acks.settled_without_ack(delivery.delivery_tag);
     Ok(())
 }
 
 /// Drops an unreadable command (dead-lettered if the queue has a dead-letter exchange).
-pub(crate) async fn discard(delivery: &Delivery) -> Result<(), KitError> {
+pub(crate) async fn discard(acks: &Acks, delivery: &Delivery) -> Result<(), KitError> {
     delivery
         .reject(BasicRejectOptions { requeue: false })
         .await?;
+    acks.settled_without_ack(delivery.delivery_tag);
     Ok(())
 }

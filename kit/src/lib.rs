@@ -62,6 +62,7 @@
 
 #![warn(missing_docs)]
 
+pub mod acks;
 mod amqp;
 mod command;
 mod error;

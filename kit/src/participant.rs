@@ -11,6 +11,7 @@ use lapin::message::Delivery;
 use lapin::Channel;
 use serde_json::Value;
 
+use crate::acks::Acks;
 use crate::command::{Command, Outcome};
 use crate::error::{KitError, StepError};
 use crate::{amqp, inbox};
@@ -171,7 +172,10 @@ impl<P: Processor> Participant<P> {
             tokio::select! {
                 next = link.consumer.next() => match next {
                     Some(delivery) => {
-                        tokio::spawn(answer(self.shared.clone(), link.publish.clone(), delivery?));
+                        let delivery = delivery?;
+                        let (shared, publish, acks) =
+                            (self.shared.clone(), link.publish.clone(), link.acks.clone());
+                        tokio::spawn(answer(shared, publish, acks, delivery));
                     }
                     None => break Served::Ended,
                 },
@@ -196,12 +200,17 @@ enum Served {
 
 /// Processes one delivery: outcome committed, reply confirmed, then ack; otherwise it is
 /// handed back (after [`REQUEUE_AFTER`]) and its next delivery answers from the inbox.
-async fn answer<P: Processor>(shared: Arc<Shared<P>>, publish: Channel, delivery: Delivery) {
+async fn answer<P: Processor>(
+    shared: Arc<Shared<P>>,
+    publish: Channel,
+    acks: Arc<Acks>,
+    delivery: Delivery,
+) {
     let cmd: Command = match serde_json::from_slice(&delivery.data) {
         Ok(cmd) => cmd,
         Err(e) => {
             log::warn!("unreadable command discarded: {e}");
-            if let Err(e) = amqp::discard(&delivery).await {
+            if let Err(e) = amqp::discard(&acks, &delivery).await {
                 log::warn!("cannot discard an unreadable command: {e}");
             }
             return;
@@ -221,7 +230,7 @@ async fn answer<P: Processor>(shared: Arc<Shared<P>>, publish: Channel, delivery
                 "saga={saga} step={step} command {} not processed: {e}; requeued",
                 cmd.command_id
             );
-            return hand_back(&delivery).await;
+            return hand_back(&acks, &delivery).await;
         }
         Err(e) => {
             log::error!("saga={saga} step={step} handler panicked: {e}");
@@ -245,21 +254,21 @@ async fn answer<P: Processor>(shared: Arc<Shared<P>>, publish: Channel, delivery
     let to = amqp::reply_to(&delivery);
     match amqp::publish_reply(&publish, &to, &cmd.command_id, body.as_bytes()).await {
         Ok(()) => {
-            if let Err(e) = amqp::ack(&delivery).await {
+            if let Err(e) = amqp::ack(&acks, &delivery).await {
                 // Redelivered when the channel closes; answered again from the inbox.
                 log::warn!("saga={saga} step={step} cannot ack: {e}");
             }
         }
         Err(e) => {
             log::warn!("saga={saga} step={step} reply to {to} not confirmed: {e}; requeued");
-            hand_back(&delivery).await;
+            hand_back(&acks, &delivery).await;
         }
     }
 }
 
-async fn hand_back(delivery: &Delivery) {
+async fn hand_back(acks: &Acks, delivery: &Delivery) {
     tokio::time::sleep(REQUEUE_AFTER).await;
-    if let Err(e) = amqp::requeue(delivery).await {
+    if let Err(e) = amqp::requeue(acks, delivery).await {
         // The channel is gone: the broker redelivers the command anyway.
         log::warn!("cannot requeue a command: {e}");
     }

@@ -483,7 +483,10 @@ async fn save_durably(env: Arc<Env>, write: Arc<SnapshotWrite>) -> Result<(), St
                 match crate::store::queries::load_version(env.writer.pool(), id).await {
                     // Our own commit only if the row holds our very snapshot: with several
                     // instances, another owner may have committed a different one at this version.
-                    Ok(Some((v, state))) if v == write.version && state == write.state => {
+                    Ok(Some((v, state)))
+                        if v == write.version
+                            && write.state.to_value().ok().as_ref() == Some(&state) =>
+                    {
                         return Ok(())
                     }
                     _ => return Err(StoreError::Conflict(id)),

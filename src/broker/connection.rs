@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use lapin::types::{LongString, ShortString};
 use lapin::{Channel, Connection, ConnectionProperties};
+use saga_participant::acks::Acks;
 
 use super::signing::ControlKey;
 use super::topology::{declare_topology, Declarer, Topology};
@@ -20,24 +21,39 @@ pub(super) struct Links {
     pub connection: Connection,
     pub publish: Channel,
     /// The channel of the shared reply queue's consumer; replaced once the broker closed it.
-    pub consume: Mutex<Channel>,
+    pub consume: Mutex<Consuming>,
     /// The channel of the partition queues' consumers: apart from the busy shared one,
     /// because RabbitMQ's per-channel prefetch bookkeeping touches every queue consumed
     /// on a channel at each ack (64 idle queues beside the shared one halved throughput).
     /// Replaced once the broker closed it.
-    pub partitions: Mutex<Channel>,
+    pub partitions: Mutex<Consuming>,
     /// Counts connections, so that a consumer of an old one is not cancelled on a new one.
     pub generation: u64,
 }
 
+/// A consume channel and the acks of its deliveries (one tracker per channel: a multiple
+/// ack covers the deliveries of every consumer on it).
+#[derive(Clone)]
+pub struct Consuming {
+    pub channel: Channel,
+    pub acks: Arc<Acks>,
+}
+
+impl Consuming {
+    fn new(channel: Channel) -> Self {
+        let acks = Arc::new(Acks::new(channel.clone()));
+        Consuming { channel, acks }
+    }
+}
+
 impl Links {
     /// The channel in `slot`, first reopened if the broker closed it.
-    async fn open_channel(&self, slot: &Mutex<Channel>) -> Result<Channel, BrokerError> {
+    async fn open_channel(&self, slot: &Mutex<Consuming>) -> Result<Consuming, BrokerError> {
         let current = slot.lock().ok().map(|c| c.clone());
-        if let Some(channel) = current.filter(|c| c.status().connected()) {
-            return Ok(channel);
+        if let Some(consuming) = current.filter(|c| c.channel.status().connected()) {
+            return Ok(consuming);
         }
-        let fresh = self.connection.create_channel().await?;
+        let fresh = Consuming::new(self.connection.create_channel().await?);
         if let Ok(mut slot) = slot.lock() {
             *slot = fresh.clone();
         }
@@ -115,8 +131,8 @@ impl Broker {
         publish
             .confirm_select(lapin::options::ConfirmSelectOptions::default())
             .await?;
-        let consume = Mutex::new(connection.create_channel().await?);
-        let partitions = Mutex::new(connection.create_channel().await?);
+        let consume = Mutex::new(Consuming::new(connection.create_channel().await?));
+        let partitions = Mutex::new(Consuming::new(connection.create_channel().await?));
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         let links = Arc::new(Links {
             connection,
@@ -147,9 +163,9 @@ impl Broker {
         links: &Links,
         prefetch: u16,
     ) -> Result<super::ReplyStream, BrokerError> {
-        let channel = links.open_channel(&links.consume).await?;
+        let Consuming { channel, acks } = links.open_channel(&links.consume).await?;
         let tag = self.tag("saga-service");
-        super::consumer::start(&channel, &self.topology.reply_queue, &tag, prefetch).await
+        super::consumer::start(&channel, acks, &self.topology.reply_queue, &tag, prefetch).await
     }
 
     /// Declares the queues of `partitions` and consumes them on the current connection (the
@@ -197,9 +213,9 @@ impl Broker {
     ) -> Result<(super::ReplyStream, PartitionConsumer), BrokerError> {
         let queue = self.topology.partition_queue(partition);
         declarer.queue(&queue).await?;
-        let channel = links.open_channel(&links.partitions).await?;
+        let Consuming { channel, acks } = links.open_channel(&links.partitions).await?;
         let tag = self.tag(&format!("saga-service-p{partition}"));
-        let stream = super::consumer::start(&channel, &queue, &tag, prefetch).await?;
+        let stream = super::consumer::start(&channel, acks, &queue, &tag, prefetch).await?;
         let consumer = PartitionConsumer {
             tag,
             channel,

@@ -1,16 +1,21 @@
 //! The reply queue's deliveries, as the consumer actor sees them.
 
+use std::sync::Arc;
+
 use futures_util::{Stream, StreamExt};
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel};
+use saga_participant::acks::Acks;
 
 use super::BrokerError;
 
 /// One reply delivery; ack or reject it exactly once.
 pub struct ReplyDelivery {
     inner: Delivery,
+    /// The acks of its channel (batched with `multiple` where the order allows).
+    acks: Arc<Acks>,
 }
 
 impl ReplyDelivery {
@@ -72,7 +77,7 @@ impl ReplyDelivery {
 
     /// Acks it: the work it caused is durable, or it is safely ignored.
     pub async fn ack(&self) -> Result<(), BrokerError> {
-        self.inner.ack(BasicAckOptions::default()).await?;
+        self.acks.ack(self.inner.delivery_tag).await?;
         Ok(())
     }
 
@@ -81,6 +86,7 @@ impl ReplyDelivery {
         self.inner
             .reject(BasicRejectOptions { requeue: true })
             .await?;
+        self.acks.settled_without_ack(self.inner.delivery_tag);
         Ok(())
     }
 }
@@ -90,6 +96,7 @@ pub type ReplyStream = std::pin::Pin<Box<dyn Stream<Item = ReplyDelivery> + Send
 
 pub(super) async fn start(
     channel: &Channel,
+    acks: Arc<Acks>,
     queue: &str,
     tag: &str,
     prefetch: u16,
@@ -108,6 +115,12 @@ pub(super) async fn start(
     // A consumer error means the channel is gone: the stream ends and the connection loop reconnects.
     let stream = consumer
         .take_while(|d| std::future::ready(d.is_ok()))
-        .filter_map(|d| std::future::ready(d.ok().map(|inner| ReplyDelivery { inner })));
+        .filter_map(move |d| {
+            let delivery = d.ok().map(|inner| ReplyDelivery {
+                inner,
+                acks: acks.clone(),
+            });
+            std::future::ready(delivery)
+        });
     Ok(Box::pin(stream))
 }

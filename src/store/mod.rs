@@ -6,6 +6,7 @@ pub mod leases;
 mod migrations;
 pub mod outbox;
 pub mod queries;
+mod raw_json;
 pub mod retention;
 mod saga_view;
 pub mod secret;
@@ -22,6 +23,7 @@ pub use definitions::{
 pub use definitions_listener::listen as listen_for_definitions;
 pub use migrations::{migrate, MIGRATIONS};
 pub use queries::{Cursor, HistoryRow, ListFilter, QuarantineRow, SagaRow, SagaView, ViewPage};
+pub use raw_json::RawJson;
 pub use snapshots::{InsertOutcome, SnapshotWrite, SnapshotWriter, StartConflict};
 
 /// Why a store call failed.

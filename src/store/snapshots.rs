@@ -12,7 +12,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, Mutex};
 use uuid::Uuid;
 
-use super::StoreError;
+use super::{RawJson, StoreError};
 use crate::cluster::Fence;
 use crate::saga::{Record, SagaState};
 
@@ -28,7 +28,7 @@ pub struct SnapshotWrite {
     /// Its current step's name.
     pub step: Option<String>,
     /// The full state as JSON.
-    pub state: Value,
+    pub state: RawJson,
     /// The history row.
     pub record: Record,
     /// The lease it is written under: refused once that lease has changed hands.
@@ -51,7 +51,7 @@ impl SnapshotWrite {
         record: Record,
         fence: Fence,
     ) -> Result<Self, StoreError> {
-        let json = serde_json::to_value(state).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let json = RawJson::of(state).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         Ok(SnapshotWrite {
             id: state.saga_id,
             version: state.version,
@@ -77,6 +77,7 @@ struct Job {
 pub struct SnapshotWriter {
     pool: Pool,
     jobs: mpsc::UnboundedSender<Job>,
+    starts: mpsc::UnboundedSender<StartJob>,
 }
 
 /// Whose leases the writes are fenced by.
@@ -142,25 +143,59 @@ WITH input AS (
 )
 SELECT id FROM upd";
 
-// The saga is stored only while its definition version is the latest of its type: a
-// version stored (committed) before this statement began makes it insert nothing and answer
+// A saga is stored only while its definition version is the latest of its type: a version
+// stored (committed) before this statement began makes it insert nothing and answer
 // `outdated`, so a start that follows a `PUT /definitions/{name}` always runs the new version,
 // however late this instance's notification of it is. The check is one probe of the
-// primary key of `saga_definitions`.
-const INSERT_START: &str = "
-WITH newer AS (
-    SELECT EXISTS (SELECT 1 FROM saga_definitions WHERE name = $2 AND version > $3) AS outdated
+// primary key of `saga_definitions` per start. Starts are inserted in batches (one statement,
+// one commit for every start waiting), no two with the same id in one batch.
+const INSERT_STARTS: &str = "
+WITH input AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::text[],
+                         $6::jsonb[], $7::jsonb[], $8::text[], $9::text[])
+        AS t(id, saga, dv, status, step, payload, state, event, trace)
+), newer AS (
+    SELECT i.id, EXISTS (SELECT 1 FROM saga_definitions d
+                          WHERE d.name = i.saga AND d.version > i.dv) AS outdated
+      FROM input i
 ), ins AS (
     INSERT INTO sagas (id, saga, definition_version, status, version, step, payload, state)
-    SELECT $1::uuid, $2::text, $3::int, $4::text, 1, $5::text, $6::jsonb, $7::jsonb
-      FROM newer WHERE NOT newer.outdated
+    SELECT i.id, i.saga, i.dv, i.status, 1, i.step, i.payload, i.state
+      FROM input i JOIN newer n ON n.id = i.id
+     WHERE NOT n.outdated
     ON CONFLICT (id) DO NOTHING
     RETURNING id
 ), ev AS (
     INSERT INTO saga_events (saga_id, version, event, step, status, traceparent)
-    SELECT id, 1, $8, $5, $4, $9 FROM ins
+    SELECT i.id, 1, i.event, i.step, i.status, i.trace FROM input i JOIN ins ON ins.id = i.id
 )
-SELECT (SELECT count(*) FROM ins), (SELECT outdated FROM newer)";
+SELECT n.id, EXISTS (SELECT 1 FROM ins WHERE ins.id = n.id), n.outdated FROM newer n";
+
+/// What one start's insert found, before a taken id is looked up.
+#[derive(Debug, Clone, Copy)]
+enum StartFound {
+    Stored,
+    Taken,
+    Outdated,
+}
+
+/// One start to insert.
+struct StartRow {
+    id: Uuid,
+    saga: String,
+    definition_version: i32,
+    status: &'static str,
+    step: Option<String>,
+    payload: Value,
+    state: RawJson,
+    event: String,
+    trace: Option<String>,
+}
+
+struct StartJob {
+    row: StartRow,
+    done: oneshot::Sender<Result<StartFound, StoreError>>,
+}
 
 impl SnapshotWriter {
     /// Starts `writers` tasks that each commit up to `batch` transitions per transaction,
@@ -175,22 +210,21 @@ impl SnapshotWriter {
             let instance = instance.clone();
             // Supervised: a writer that panics is started again (the transitions of its batch
             // see their answer dropped, which their actors retry as a transient failure).
-            tokio::spawn(async move {
-                loop {
-                    let task = tokio::spawn(write_loop(
-                        pool.clone(),
-                        rx.clone(),
-                        batch,
-                        instance.clone(),
-                    ));
-                    match task.await {
-                        Ok(()) => return,
-                        Err(e) => log::error!("snapshot writer stopped ({e}); starting it again"),
-                    }
-                }
-            });
+            tokio::spawn(supervise("snapshot writer", move || {
+                write_loop(pool.clone(), rx.clone(), batch, instance.clone())
+            }));
         }
-        SnapshotWriter { pool, jobs: tx }
+        let (starts, rx) = mpsc::unbounded_channel();
+        tokio::spawn(supervise("start writer", {
+            let pool = pool.clone();
+            let rx = Arc::new(Mutex::new(rx));
+            move || start_loop(pool.clone(), rx.clone(), batch)
+        }));
+        SnapshotWriter {
+            pool,
+            jobs: tx,
+            starts,
+        }
     }
 
     /// The pool it writes with.
@@ -214,47 +248,177 @@ impl SnapshotWriter {
         state: &SagaState,
         record: &Record,
     ) -> Result<InsertOutcome, StoreError> {
-        let client = self.pool.get().await?;
-        let json = serde_json::to_value(state).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let stmt = client.prepare_cached(INSERT_START).await?;
-        let row = client
-            .query_one(
-                &stmt,
-                &[
-                    &state.saga_id,
-                    &state.saga,
-                    &state.definition_version,
-                    &state.status.as_str(),
-                    &record.step,
-                    &state.payload,
-                    &json,
-                    &record.event,
-                    &state.traceparent,
-                ],
-            )
-            .await?;
-        if row.get::<_, i64>(0) == 1 {
-            return Ok(InsertOutcome::Inserted);
-        }
-        if row.get::<_, bool>(1) {
-            return Ok(InsertOutcome::Outdated);
-        }
-        let existing = client
-            .query_opt(
-                "SELECT saga, payload, status FROM sagas WHERE id = $1",
-                &[&state.saga_id],
-            )
-            .await?;
-        match existing {
-            Some(row) => Ok(InsertOutcome::Exists(StartConflict {
-                saga: row.get(0),
-                payload: row.get(1),
-                status: row.get(2),
-            })),
-            // Inserted by someone else and gone again: only a manual delete does that.
-            None => Err(StoreError::Conflict(state.saga_id)),
+        let json = RawJson::of(state).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let row = StartRow {
+            id: state.saga_id,
+            saga: state.saga.clone(),
+            definition_version: state.definition_version,
+            status: state.status.as_str(),
+            step: record.step.clone(),
+            payload: state.payload.clone(),
+            state: json,
+            event: record.event.clone(),
+            trace: state.traceparent.clone(),
+        };
+        let (done, wait) = oneshot::channel();
+        self.starts
+            .send(StartJob { row, done })
+            .map_err(|_| StoreError::WriterGone)?;
+        match wait.await.map_err(|_| StoreError::WriterGone)?? {
+            StartFound::Stored => Ok(InsertOutcome::Inserted),
+            StartFound::Outdated => Ok(InsertOutcome::Outdated),
+            StartFound::Taken => {
+                let client = self.pool.get().await?;
+                let existing = client
+                    .query_opt(
+                        "SELECT saga, payload, status FROM sagas WHERE id = $1",
+                        &[&state.saga_id],
+                    )
+                    .await?;
+                match existing {
+                    Some(row) => Ok(InsertOutcome::Exists(StartConflict {
+                        saga: row.get(0),
+                        payload: row.get(1),
+                        status: row.get(2),
+                    })),
+                    // Inserted by someone else and gone again: only a manual delete does that.
+                    None => Err(StoreError::Conflict(state.saga_id)),
+                }
+            }
         }
     }
+}
+
+/// What each job of a failed batch is answered: worth retrying (the database is away) or
+/// not, with the batch's error text.
+fn batch_error(e: &StoreError) -> impl Fn() -> StoreError {
+    let transient = e.is_transient();
+    let text = e.to_string();
+    move || {
+        if transient {
+            StoreError::Unavailable(text.clone())
+        } else {
+            StoreError::Batch(text.clone())
+        }
+    }
+}
+
+/// Runs the task `make` builds until it returns, starting it again whenever it panics.
+async fn supervise<F, Fut>(what: &'static str, make: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        match tokio::spawn(make()).await {
+            Ok(()) => return,
+            Err(e) => log::error!("{what} stopped ({e}); starting it again"),
+        }
+    }
+}
+
+/// Inserts the starts waiting, up to `batch` at a time, in one statement each.
+async fn start_loop(pool: Pool, rx: Arc<Mutex<mpsc::UnboundedReceiver<StartJob>>>, batch: usize) {
+    let mut rx = rx.lock().await;
+    // A start whose id is in the batch being gathered waits for the next one.
+    let mut carried: Option<StartJob> = None;
+    loop {
+        let first = match carried.take() {
+            Some(job) => job,
+            None => match rx.recv().await {
+                Some(job) => job,
+                None => return,
+            },
+        };
+        let mut ids = std::collections::HashSet::from([first.row.id]);
+        let mut jobs = vec![first];
+        while jobs.len() < batch {
+            match rx.try_recv() {
+                Ok(job) if ids.insert(job.row.id) => jobs.push(job),
+                Ok(job) => {
+                    carried = Some(job);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let rows: Vec<&StartRow> = jobs.iter().map(|j| &j.row).collect();
+        match insert_starts(&pool, &rows).await {
+            Err(e) if !e.is_transient() && jobs.len() > 1 => {
+                // One bad row fails the statement: insert each alone, so only it fails.
+                log::warn!(
+                    "start batch of {} failed ({e}); inserting one by one",
+                    jobs.len()
+                );
+                for job in jobs {
+                    let result = insert_starts(&pool, &[&job.row]).await.and_then(|found| {
+                        found
+                            .first()
+                            .map(|(_, inserted)| *inserted)
+                            .ok_or(StoreError::Conflict(job.row.id))
+                    });
+                    let _ = job.done.send(result);
+                }
+            }
+            Ok(found) => {
+                let found: std::collections::HashMap<Uuid, StartFound> =
+                    found.into_iter().collect();
+                for job in jobs {
+                    let result = found
+                        .get(&job.row.id)
+                        .copied()
+                        .ok_or(StoreError::Conflict(job.row.id));
+                    let _ = job.done.send(result);
+                }
+            }
+            Err(e) => {
+                log::warn!("start batch of {} failed: {e}", jobs.len());
+                let err = batch_error(&e);
+                for job in jobs {
+                    let _ = job.done.send(Err(err()));
+                }
+            }
+        }
+    }
+}
+
+/// Inserts `rows` in one statement; returns what became of each, in no particular order.
+async fn insert_starts(
+    pool: &Pool,
+    rows: &[&StartRow],
+) -> Result<Vec<(Uuid, StartFound)>, StoreError> {
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let sagas: Vec<&str> = rows.iter().map(|r| r.saga.as_str()).collect();
+    let versions: Vec<i32> = rows.iter().map(|r| r.definition_version).collect();
+    let statuses: Vec<&str> = rows.iter().map(|r| r.status).collect();
+    let steps: Vec<Option<&str>> = rows.iter().map(|r| r.step.as_deref()).collect();
+    let payloads: Vec<&Value> = rows.iter().map(|r| &r.payload).collect();
+    let states: Vec<&RawJson> = rows.iter().map(|r| &r.state).collect();
+    let events: Vec<&str> = rows.iter().map(|r| r.event.as_str()).collect();
+    let traces: Vec<Option<&str>> = rows.iter().map(|r| r.trace.as_deref()).collect();
+    let client = pool.get().await?;
+    let stmt = client.prepare_cached(INSERT_STARTS).await?;
+    let found = client
+        .query(
+            &stmt,
+            &[
+                &ids, &sagas, &versions, &statuses, &steps, &payloads, &states, &events, &traces,
+            ],
+        )
+        .await?;
+    Ok(found
+        .iter()
+        .map(|r| {
+            let inserted = if r.get::<_, bool>(1) {
+                StartFound::Stored
+            } else if r.get::<_, bool>(2) {
+                StartFound::Outdated
+            } else {
+                StartFound::Taken
+            };
+            (r.get::<_, Uuid>(0), inserted)
+        })
+        .collect())
 }
 
 async fn write_loop(
@@ -313,16 +477,10 @@ fn settle(jobs: Vec<Job>, result: Result<Vec<Uuid>, StoreError>) {
             }
         }
         Err(e) => {
-            let transient = e.is_transient();
-            let text = e.to_string();
-            log::warn!("snapshot batch of {} failed: {text}", jobs.len());
+            log::warn!("snapshot batch of {} failed: {e}", jobs.len());
+            let err = batch_error(&e);
             for job in jobs {
-                let err = if transient {
-                    StoreError::Unavailable(text.clone())
-                } else {
-                    StoreError::Batch(text.clone())
-                };
-                let _ = job.done.send(Err(err));
+                let _ = job.done.send(Err(err()));
             }
         }
     }

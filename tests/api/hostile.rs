@@ -148,3 +148,74 @@ async fn hostile_http_input_gets_the_contract_codes_and_stores_nothing_wrong() {
 fn urlencode(s: &str) -> String {
     s.bytes().map(|b| format!("%{b:02X}")).collect()
 }
+
+#[actix_web::test]
+async fn concurrent_starts_batched_together_each_get_their_own_answer() {
+    // Starts are inserted in batches: 300 at once, of which 100 ids are started twice with
+    // the same payload (200, the same code, one saga) and 50 twice with another payload
+    // (one of the two is 409). Each answer must be the one for its own request.
+    let names = Names::new();
+    write_definitions(&names, &[steps(&names, 1, 30_000, 3)]);
+    create_database(&names).await;
+    let app = start_app_with(names, true, |s| s.db_pool_size = 16).await;
+    let _participants = Participants::start(&app.names, 1, always_done()).await;
+    let ids: Vec<Uuid> = (0..150).map(|_| Uuid::new_v4()).collect();
+    let mut requests = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        requests.push((*id, json!({"n": i})));
+        let again = if i < 100 {
+            json!({"n": i})
+        } else {
+            json!({"n": i, "other": true})
+        };
+        requests.push((*id, again));
+    }
+    let answers: Vec<(Uuid, u16, serde_json::Value)> = futures_util::stream::iter(requests)
+        .map(|(id, payload)| {
+            let http = app.http.clone();
+            let url = app.url("/start");
+            let body = json!({"saga_id": id, "saga": app.saga(), "payload": payload});
+            async move {
+                match http.post(url).json(&body).send().await {
+                    Ok(r) => {
+                        let status = r.status().as_u16();
+                        (id, status, r.json().await.unwrap_or_default())
+                    }
+                    Err(e) => (id, 0, json!({"error": e.to_string()})),
+                }
+            }
+        })
+        .buffer_unordered(300)
+        .collect()
+        .await;
+    for (i, id) in ids.iter().enumerate() {
+        let mine: Vec<&(Uuid, u16, serde_json::Value)> =
+            answers.iter().filter(|(a, _, _)| a == id).collect();
+        let ok: Vec<_> = mine.iter().filter(|(_, s, _)| *s == 200).collect();
+        let code = base62::encode(id.as_u128());
+        assert!(
+            ok.iter().all(|(_, _, v)| v["code"] == json!(code)),
+            "saga {i}: {mine:?}"
+        );
+        if i < 100 {
+            assert_eq!(ok.len(), 2, "saga {i}: {mine:?}");
+        } else {
+            assert_eq!(ok.len(), 1, "saga {i}: {mine:?}");
+            assert!(mine.iter().any(|(_, s, _)| *s == 409), "saga {i}: {mine:?}");
+        }
+    }
+    let db = db(&app.names).await;
+    for (i, id) in ids.iter().enumerate() {
+        let row = db
+            .query_one("SELECT payload->>'n' FROM sagas WHERE id = $1", &[id])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, Option<String>>(0), Some(i.to_string()));
+    }
+    let n: i64 = db
+        .query_one("SELECT count(*) FROM sagas", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 150);
+}

@@ -2,6 +2,7 @@
 
 mod helpers;
 
+mod acks;
 mod duplicates;
 mod fence;
 mod once;
