@@ -166,6 +166,7 @@ if wants rehydrate; then
     echo "idle: $IDLE sagas in flight, orchestrator RSS ${before} KiB -> ${after} KiB, $(( (after - before) * 1024 / IDLE )) bytes per saga" | tee -a "$RESULTS"
     kill -9 "$SVC_PID"
     wait "$SVC_PID" 2>/dev/null || true
+    SVC_PIDS=()
     t0=$(date +%s.%N)
     start_orchestrator classic
     wait_ready

@@ -162,6 +162,8 @@ deep_completed=$(cursor_at "status = 'completed'" $((ROWS * 4 / 10)))
 deep_refund=$(cursor_at "saga = 'refund'" $((ROWS / 100 - 100)))
 d1=$(ts '-1 day'); d2=$(ts '-2 days'); d7=$(ts '-7 days'); d15=$(ts '-15 days'); h1=$(ts '-1 hour')
 idle1h=$(ts '-1 hour'); idle3d=$(ts "-$longest_wait_s seconds"); idle40d=$(ts '-40 days')
+# The stuck filter's bound on created_at (src/store/queries.rs): the idle time plus an hour.
+born1h=$(ts '0 hours'); born3d=$(ts "-$longest_wait_s seconds 1 hour"); born40d=$(ts '-40 days 1 hour')
 
 SHAPES=(
     "none|limit=50|"
@@ -174,15 +176,15 @@ SHAPES=(
     "created_after 1 h|created_after=$h1|created_at > '$h1'"
     "created 2..1 days ago|created_after=$d2&created_before=$d1|created_at > '$d2' AND created_at < '$d1'"
     "created_before 15 days|created_before=$d15|created_at < '$d15'"
-    "stuck=true (idle > 3 d)|stuck=true|updated_at < '$idle3d' AND $UNFINISHED"
-    "stuck_s=3600|stuck_s=3600|updated_at < '$idle1h' AND $UNFINISHED"
-    "stuck_s=40 days (none idle so long)|stuck_s=$((40 * 86400))|updated_at < '$idle40d' AND $UNFINISHED"
+    "stuck=true (idle > 3 d)|stuck=true|updated_at < '$idle3d' AND $UNFINISHED AND created_at < '$born3d'"
+    "stuck_s=3600|stuck_s=3600|updated_at < '$idle1h' AND $UNFINISHED AND created_at < '$born1h'"
+    "stuck_s=40 days (none idle so long)|stuck_s=$((40 * 86400))|updated_at < '$idle40d' AND $UNFINISHED AND created_at < '$born40d'"
     "status=completed&saga=refund|status=completed&saga=refund|status = 'completed' AND saga = 'refund'"
     "status=failed&saga=refund|status=failed&saga=refund|status = 'failed' AND saga = 'refund'"
     "status=compensated&saga=refund|status=compensated&saga=refund|status = 'compensated' AND saga = 'refund'"
     "status=compensated&created 7 d|status=compensated&created_after=$d7|status = 'compensated' AND created_at > '$d7'"
     "saga=order&created_before 15 d|saga=order&created_before=$d15|saga = 'order' AND created_at < '$d15'"
-    "saga=trip&stuck_s=3600|saga=trip&stuck_s=3600|saga = 'trip' AND updated_at < '$idle1h' AND $UNFINISHED"
+    "saga=trip&stuck_s=3600|saga=trip&stuck_s=3600|saga = 'trip' AND updated_at < '$idle1h' AND $UNFINISHED AND created_at < '$born1h'"
     "cursor: page 2|after=$page2|$(after_sql "$page2")"
     "cursor: $((ROWS / 2)) rows deep|after=$deep|$(after_sql "$deep")"
     "cursor: $((ROWS - 1000)) rows deep|after=$deepest|$(after_sql "$deepest")"

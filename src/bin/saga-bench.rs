@@ -266,13 +266,20 @@ fn payload_for(args: &Args, i: usize) -> Value {
     p
 }
 
+fn log_retry(id: &Uuid, e: &reqwest::Error) {
+    eprintln!("saga-bench: start of {id} sent again: {e}");
+}
+
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
     let args = Arc::new(Args::parse());
     let waiters: Waiters = Arc::new(Mutex::new(HashMap::new()));
     let _conn = observe(&args, waiters.clone()).await?;
+    // Idle connections are dropped before the server's keep-alive (5 s) closes them, so a
+    // start is never sent on a connection the server is closing at that moment.
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
+        .pool_idle_timeout(Duration::from_secs(3))
         .build()?;
     let cpu0 = args.pid.and_then(proc_cpu_seconds);
     let groups0 = cpu_by_group();
@@ -314,13 +321,20 @@ async fn main() -> anyhow::Result<()> {
             let t0 = Instant::now();
             let body = json!({"saga_id": id, "saga": args.saga, "payload": payload_for(&args, i)});
             let base = &args.url[i % args.url.len().max(1)];
-            let refused = match http.post(format!("{base}/start")).json(&body).send().await {
-                Ok(r) if r.status() == 200 => None,
-                Ok(r) => {
-                    let status = r.status();
-                    Some(format!("{status} {}", r.text().await.unwrap_or_default()))
+            // A start is idempotent (same saga_id and payload): one whose request failed
+            // on the way (a connection closed under it) is sent again, twice at most.
+            let mut attempts = 0;
+            let refused = loop {
+                attempts += 1;
+                match http.post(format!("{base}/start")).json(&body).send().await {
+                    Ok(r) if r.status() == 200 => break None,
+                    Ok(r) => {
+                        let status = r.status();
+                        break Some(format!("{status} {}", r.text().await.unwrap_or_default()));
+                    }
+                    Err(e) if attempts < 3 => log_retry(&id, &e),
+                    Err(e) => break Some(format!("request failed: {e}")),
                 }
-                Err(e) => Some(format!("request failed: {e}")),
             };
             if let Some(why) = refused {
                 // Told apart from sagas that started and never finished (`failed`): a
