@@ -17,7 +17,7 @@
 //! after the gap are acked one by one; if it stays stuck over [`Acks::MAX_TRACKED`] of them,
 //! the channel acks one by one for the rest of its life (memory stays bounded).
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -36,8 +36,11 @@ pub struct Acks {
 struct State {
     /// Every tag below is acked or rejected.
     low: u64,
-    /// Settled tags at or above `low`: true while an ack is still to be sent.
-    settled: BTreeMap<u64, bool>,
+    /// Settled tags at or above `low` (acked, to be acked, or rejected).
+    settled: BTreeSet<u64>,
+    /// Settled tags whose ack is still to be sent (a subset of `settled`, or, once
+    /// `one_by_one`, everything there is to send).
+    unsent: BTreeSet<u64>,
     /// Since when the run has been stuck at `low` with later tags settled.
     stuck_since: Option<Instant>,
     /// Stuck for good: every ack is sent alone.
@@ -50,7 +53,8 @@ impl Default for State {
     fn default() -> Self {
         State {
             low: 1,
-            settled: BTreeMap::new(),
+            settled: BTreeSet::new(),
+            unsent: BTreeSet::new(),
             stuck_since: None,
             one_by_one: false,
             sending: false,
@@ -72,20 +76,19 @@ impl State {
         if tag < self.low {
             return;
         }
-        if self.one_by_one {
-            // No run is tracked any more: the ack goes alone at the next round.
-            if needs_ack {
-                self.settled.insert(tag, true);
-            }
-            return;
+        if needs_ack {
+            self.unsent.insert(tag);
         }
-        self.settled.insert(tag, needs_ack);
+        // Once acking one by one, no run is tracked any more.
+        if !self.one_by_one {
+            self.settled.insert(tag);
+        }
     }
 
-    /// What can be acked now, taken out of `settled`.
+    /// What can be acked now, taken out of `unsent`. Each round costs what it sends.
     fn take(&mut self, now: Instant) -> Option<Round> {
         if self.one_by_one {
-            let singles: Vec<u64> = std::mem::take(&mut self.settled).into_keys().collect();
+            let singles: Vec<u64> = std::mem::take(&mut self.unsent).into_iter().collect();
             return (!singles.is_empty()).then_some(Round {
                 upto: None,
                 singles,
@@ -93,8 +96,8 @@ impl State {
         }
         let mut upto = None;
         let low = self.low;
-        while let Some(needs_ack) = self.settled.remove(&self.low) {
-            if needs_ack {
+        while self.settled.remove(&self.low) {
+            if self.unsent.remove(&self.low) {
                 upto = Some(self.low);
             }
             self.low += 1;
@@ -106,11 +109,7 @@ impl State {
         if !self.settled.is_empty() {
             let since = *self.stuck_since.get_or_insert(now);
             if now.duration_since(since) >= Acks::STALL {
-                for (tag, needs_ack) in self.settled.iter_mut() {
-                    if std::mem::replace(needs_ack, false) {
-                        singles.push(*tag);
-                    }
-                }
+                singles = std::mem::take(&mut self.unsent).into_iter().collect();
                 if self.settled.len() > Acks::MAX_TRACKED {
                     self.settled.clear();
                     self.one_by_one = true;
@@ -227,7 +226,7 @@ mod tests {
         s.settle(3, true);
         assert_eq!(s.take(now), round(Some(5), &[]));
         assert_eq!(s.low, 6);
-        assert!(s.settled.is_empty());
+        assert!(s.settled.is_empty() && s.unsent.is_empty());
     }
 
     #[test]
@@ -282,10 +281,10 @@ mod tests {
         let late = t0 + Acks::STALL;
         let r = s.take(late).map(|r| r.singles.len());
         assert_eq!(r, Some(Acks::MAX_TRACKED + 1));
-        assert!(s.one_by_one && s.settled.is_empty());
+        assert!(s.one_by_one && s.settled.is_empty() && s.unsent.is_empty());
         s.settle(1, true);
         s.settle(200_000, true);
         assert_eq!(s.take(late), round(None, &[1, 200_000]));
-        assert!(s.settled.is_empty());
+        assert!(s.unsent.is_empty());
     }
 }
