@@ -41,7 +41,7 @@ stop_stack() {
 }
 
 # Queues the orchestrator declares under bench.responses: its DLQ and 64 partition queues.
-reply_queues() { echo bench.responses bench.responses.dlq; seq -f 'bench.responses.p%g' 0 63; }
+reply_queues() { echo bench.responses bench.responses.dlq; seq -f 'bench.responses.p%g' 0 63; seq -f 'bench.responses.i.bench-%g' 0 2; }
 trap stop_stack EXIT
 
 wants() { [[ " $ONLY " == *" $1 "* ]]; }

@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use crate::actors::{Env, Registry, ReplyConsumer};
 use crate::app_state::{AppState, Core};
-use crate::broker::{Broker, ControlKey, Topology};
+use crate::broker::{Broker, ControlKey, Inbox, InboxStreams, Topology};
 use crate::cluster::lease::LeaseLoop;
 use crate::cluster::Ownership;
 use crate::config::Settings;
@@ -162,6 +162,14 @@ async fn boot(settings: Settings, state: web::Data<AppState>) {
         })
     })
     .await;
+    let own_queue =
+        Topology::instance_queue_for(&settings.reply_queue, &settings.cluster.instance_id);
+    if own_queue.is_none() {
+        log::warn!(
+            "SAGA_REPLY_QUEUE and SAGA_INSTANCE_ID are too long together for a queue name: \
+             with other instances, replies reach this one through its partitions' queues"
+        );
+    }
     let broker = Broker::new(
         settings.amqp_url.clone(),
         settings.amqp_tls.clone(),
@@ -170,6 +178,7 @@ async fn boot(settings: Settings, state: web::Data<AppState>) {
             command_queues,
             queue_type: settings.queue_type,
             partitions,
+            instance_queue: own_queue.clone(),
         },
         key,
     );
@@ -203,7 +212,7 @@ async fn boot(settings: Settings, state: web::Data<AppState>) {
         registry: registry.clone(),
         env: env.clone(),
     });
-    let stream = retry("connecting to RabbitMQ", || {
+    let streams = retry("connecting to RabbitMQ", || {
         broker.connect(settings.prefetch)
     })
     .await;
@@ -230,43 +239,72 @@ async fn boot(settings: Settings, state: web::Data<AppState>) {
     };
     actix::spawn(upkeep.clone().run_retention(settings.retention));
     actix::spawn(upkeep.run_status_gauges());
-    let mut stopped = start_consumer(&env, &registry, stream);
+    let (mut shared_stopped, mut own_stopped) = start_inboxes(&env, &registry, streams);
     state.rehydrated.store(true, Ordering::Release);
     log::info!(
         "ready: instance {} holds {} of {partitions} partitions",
         env.ownership.instance(),
         env.ownership.held().len()
     );
-    // Supervise the connection: whenever the consumer stops (its queue deleted, its channel
-    // closed) consume again; whenever the connection drops, reconnect and consume again.
+    // Supervise the connection: whenever an inbox's consumer stops (its queue deleted, its
+    // channel closed) consume it again; whenever the connection drops, reconnect and
+    // consume both again.
     loop {
-        let connection_lost = tokio::select! {
-            _ = broker.closed() => true,
-            _ = &mut stopped => false,
+        let stopped = tokio::select! {
+            _ = broker.closed() => None,
+            _ = &mut shared_stopped => Some(Inbox::Shared),
+            _ = own_ended(&mut own_stopped) => Some(Inbox::Own),
         };
         if state.drain.is_draining() {
             return;
         }
-        if !connection_lost && broker.is_ready() {
-            match broker.consume_replies(settings.prefetch).await {
+        if let Some(inbox) = stopped.filter(|_| broker.is_ready()) {
+            match broker.consume_inbox(settings.prefetch, inbox).await {
                 Ok(stream) => {
-                    log::info!("reply queue declared and consumed again");
-                    stopped = start_consumer(&env, &registry, stream);
+                    log::info!("{inbox:?} reply queue declared and consumed again");
+                    let stopped = start_consumer(&env, &registry, stream);
+                    match inbox {
+                        Inbox::Shared => shared_stopped = stopped,
+                        Inbox::Own => own_stopped = Some(stopped),
+                    }
                     continue;
                 }
-                Err(e) => log::warn!("consuming the reply queue again failed ({e})"),
+                Err(e) => log::warn!("consuming the {inbox:?} reply queue again failed ({e})"),
             }
         }
         log::warn!("RabbitMQ connection lost; reconnecting");
         broker.close().await;
-        let stream = retry("reconnecting to RabbitMQ", || {
+        let streams = retry("reconnecting to RabbitMQ", || {
             broker.connect(settings.prefetch)
         })
         .await;
         log::info!("RabbitMQ connection re-established");
-        stopped = start_consumer(&env, &registry, stream);
+        (shared_stopped, own_stopped) = start_inboxes(&env, &registry, streams);
         // The lease loop consumes the partition queues on the new connection at once.
         env.ownership.recheck();
+    }
+}
+
+/// Starts the consumers of the inboxes; returns the signals of their ends.
+fn start_inboxes(
+    env: &Arc<Env>,
+    registry: &Addr<Registry>,
+    streams: InboxStreams,
+) -> (oneshot::Receiver<()>, Option<oneshot::Receiver<()>>) {
+    let shared = start_consumer(env, registry, streams.shared);
+    let own = streams
+        .own
+        .map(|stream| start_consumer(env, registry, stream));
+    (shared, own)
+}
+
+/// Resolves when the own queue's consumer stopped; never without one.
+async fn own_ended(stopped: &mut Option<oneshot::Receiver<()>>) {
+    match stopped {
+        Some(rx) => {
+            let _ = rx.await;
+        }
+        None => std::future::pending().await,
     }
 }
 

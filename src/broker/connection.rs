@@ -78,6 +78,22 @@ pub struct Broker {
 /// A started partition consumer: its partition, its deliveries, its handle.
 pub type PartitionStart = (u32, super::ReplyStream, PartitionConsumer);
 
+/// The queues an instance consumes on its `consume` channel whatever partitions it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inbox {
+    /// The shared reply queue (`SAGA_REPLY_QUEUE`).
+    Shared,
+    /// This instance's own queue (`<reply queue>.i.<instance>`).
+    Own,
+}
+
+/// The deliveries of the inboxes just consumed: the shared queue's, and the instance
+/// queue's unless its name was too long to have one.
+pub struct InboxStreams {
+    pub shared: super::ReplyStream,
+    pub own: Option<super::ReplyStream>,
+}
+
 impl Broker {
     /// A handle that is not connected yet; see [`Broker::connect`]. `key` signs hand-overs.
     pub fn new(url: String, tls: super::AmqpTls, topology: Topology, key: ControlKey) -> Self {
@@ -121,8 +137,9 @@ impl Broker {
     }
 
     /// Connects, declares the topology, opens the publish channel with confirms and the
-    /// consume channels; returns the shared reply queue's stream.
-    pub async fn connect(&self, prefetch: u16) -> Result<super::ReplyStream, BrokerError> {
+    /// consume channels; returns the streams of the shared reply queue and of this
+    /// instance's queue.
+    pub async fn connect(&self, prefetch: u16) -> Result<InboxStreams, BrokerError> {
         let props =
             ConnectionProperties::default().with_connection_name(LongString::from("saga-service"));
         let connection = super::tls::connect(&self.url, props, &self.tls).await?;
@@ -141,31 +158,52 @@ impl Broker {
             partitions,
             generation,
         });
-        let stream = self.start_replies(&links, prefetch).await?;
+        let shared = self.start_inbox(&links, prefetch, Inbox::Shared).await?;
+        let own = match self.topology.instance_queue {
+            Some(_) => Some(self.start_inbox(&links, prefetch, Inbox::Own).await?),
+            None => None,
+        };
         self.set(Some(links));
-        Ok(stream)
+        Ok(InboxStreams { shared, own })
     }
 
-    /// Consumes the shared reply queue again on the current connection, after its consumer
-    /// stopped (the queue deleted, its channel closed): declares the queue and its DLQ,
+    /// Consumes an inbox again on the current connection, after its consumer stopped (the
+    /// queue deleted, its channel closed): declares the queue (and the reply queue's DLQ),
     /// reopens the channel if the broker closed it.
-    pub async fn consume_replies(&self, prefetch: u16) -> Result<super::ReplyStream, BrokerError> {
+    pub async fn consume_inbox(
+        &self,
+        prefetch: u16,
+        inbox: Inbox,
+    ) -> Result<super::ReplyStream, BrokerError> {
         let links = self.current().ok_or(BrokerError::NotConnected)?;
-        let mut declarer = Declarer::open(&links.connection, self.topology.queue_type).await?;
-        declarer.queue(&self.topology.reply_queue).await?;
-        declarer.queue(&self.topology.dead_letter_queue()).await?;
+        let t = &self.topology;
+        let mut declarer = Declarer::open(&links.connection, t.queue_type).await?;
+        match (inbox, &t.instance_queue) {
+            (Inbox::Own, Some(own)) => {
+                let args = super::topology::instance_queue_args(t.queue_type);
+                declarer.queue_with(own, args).await?;
+            }
+            _ => {
+                declarer.queue(&t.reply_queue).await?;
+                declarer.queue(&t.dead_letter_queue()).await?;
+            }
+        }
         declarer.close().await;
-        self.start_replies(&links, prefetch).await
+        self.start_inbox(&links, prefetch, inbox).await
     }
 
-    async fn start_replies(
+    async fn start_inbox(
         &self,
         links: &Links,
         prefetch: u16,
+        inbox: Inbox,
     ) -> Result<super::ReplyStream, BrokerError> {
         let Consuming { channel, acks } = links.open_channel(&links.consume).await?;
-        let tag = self.tag("saga-service");
-        super::consumer::start(&channel, acks, &self.topology.reply_queue, &tag, prefetch).await
+        let (queue, tag) = match (inbox, &self.topology.instance_queue) {
+            (Inbox::Own, Some(own)) => (own, self.tag("saga-service-own")),
+            _ => (&self.topology.reply_queue, self.tag("saga-service")),
+        };
+        super::consumer::start(&channel, acks, queue, &tag, prefetch).await
     }
 
     /// Declares the queues of `partitions` and consumes them on the current connection (the

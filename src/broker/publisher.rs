@@ -53,11 +53,12 @@ impl Broker {
     }
 
     /// Sends a command to a participant's queue, with the saga's `traceparent` header if it
-    /// has one; resolves once the broker confirmed it. Its `reply_to` is the queue of the
-    /// saga's `partition` when one is given, which whoever holds the partition consumes: the
-    /// reply goes straight to the saga's owner, without a hop through the shared reply
-    /// queue; else the shared reply queue (an instance that runs alone: one queue costs
-    /// the broker less than replies spread over 64).
+    /// has one; resolves once the broker confirmed it. Its `reply_to` is the shared reply
+    /// queue when no `partition` is given (an instance that runs alone). Else the reply
+    /// must reach the saga's owner, this instance, without a hop through the shared queue:
+    /// `reply_to` is this instance's own queue, or, without one, the queue of the saga's
+    /// `partition`, which whoever holds the partition consumes. A reply that reaches the
+    /// own queue after the partition changed hands is passed on to the partition's queue.
     pub async fn send_command(
         &self,
         queue: &str,
@@ -67,9 +68,10 @@ impl Broker {
         traceparent: Option<&str>,
         partition: Option<u32>,
     ) -> Result<(), BrokerError> {
-        let reply_to = match partition {
-            Some(p) => self.topology.partition_queue(p),
-            None => self.topology.reply_queue.clone(),
+        let reply_to = match (partition, &self.topology.instance_queue) {
+            (None, _) => self.topology.reply_queue.clone(),
+            (Some(_), Some(own)) => own.clone(),
+            (Some(p), None) => self.topology.partition_queue(p),
         };
         let mut props = BasicProperties::default()
             .with_message_id(ShortString::from(command_id))

@@ -21,7 +21,19 @@ pub struct Topology {
     pub queue_type: QueueType,
     /// Partitions: each has a reply queue `<reply queue>.p<n>` its owner consumes.
     pub partitions: u32,
+    /// This instance's own reply queue (see [`Topology::instance_queue_for`]), which its
+    /// commands name as `reply_to` while other instances share the partitions; None when
+    /// the name would be too long for AMQP (the saga's partition queue is named instead).
+    pub instance_queue: Option<String>,
 }
+
+/// Longest queue name AMQP allows, in bytes.
+const MAX_QUEUE_NAME: usize = 255;
+
+/// How long an instance queue nobody consumes is kept before the broker deletes it: an
+/// instance gone for good leaves nothing behind. The replies it held are not needed by
+/// then: whoever took the instance's partitions sent every pending command again.
+pub const INSTANCE_QUEUE_EXPIRES_MS: i32 = 24 * 3600 * 1000;
 
 impl Topology {
     /// The dead-letter queue of the reply queue.
@@ -33,6 +45,25 @@ impl Topology {
     pub fn partition_queue(&self, partition: u32) -> String {
         format!("{}.p{partition}", self.reply_queue)
     }
+
+    /// The reply queue of instance `instance`: `<reply queue>.i.<instance>`, if that fits in
+    /// an AMQP queue name. One queue per instance batches as well as the shared one, where
+    /// replies spread over its share of 64 partition queues cost the broker more per message.
+    pub fn instance_queue_for(reply_queue: &str, instance: &str) -> Option<String> {
+        let name = format!("{reply_queue}.i.{instance}");
+        (name.len() <= MAX_QUEUE_NAME).then_some(name)
+    }
+}
+
+/// The arguments of an instance queue: the configured type, deleted once unused for
+/// [`INSTANCE_QUEUE_EXPIRES_MS`].
+pub(super) fn instance_queue_args(queue_type: QueueType) -> FieldTable {
+    let mut args = queue_args(queue_type);
+    args.insert(
+        ShortString::from("x-expires"),
+        AMQPValue::LongInt(INSTANCE_QUEUE_EXPIRES_MS),
+    );
+    args
 }
 
 fn queue_args(queue_type: QueueType) -> FieldTable {
@@ -70,17 +101,19 @@ impl<'a> Declarer<'a> {
     /// Declares a durable queue with the configured type; one that exists with other
     /// arguments (declared by a participant) is used as it is.
     pub async fn queue(&mut self, queue: &str) -> Result<(), BrokerError> {
+        self.queue_with(queue, queue_args(self.queue_type)).await
+    }
+
+    /// Declares a durable queue with `args`; one that exists with other arguments is used
+    /// as it is.
+    pub async fn queue_with(&mut self, queue: &str, args: FieldTable) -> Result<(), BrokerError> {
         let options = QueueDeclareOptions {
             durable: true,
             ..Default::default()
         };
         let declared = self
             .channel
-            .queue_declare(
-                ShortString::from(queue),
-                options,
-                queue_args(self.queue_type),
-            )
+            .queue_declare(ShortString::from(queue), options, args)
             .await;
         if let Err(e) = declared {
             // The refusal closed the channel; use the queue as it is if it exists at all.
@@ -124,8 +157,8 @@ impl<'a> Declarer<'a> {
     }
 }
 
-/// Declares everything: the events exchange, the reply queue and its DLQ, the partition
-/// queues and every command queue.
+/// Declares everything: the events exchange, the reply queue and its DLQ, this instance's
+/// queue, the partition queues and every command queue.
 pub(super) async fn declare_topology(
     connection: &Connection,
     t: &Topology,
@@ -137,6 +170,11 @@ pub(super) async fn declare_topology(
     queues.extend(t.command_queues.iter().cloned());
     for queue in queues {
         declarer.queue(&queue).await?;
+    }
+    if let Some(own) = &t.instance_queue {
+        declarer
+            .queue_with(own, instance_queue_args(t.queue_type))
+            .await?;
     }
     declarer.close().await;
     Ok(())

@@ -60,6 +60,7 @@ fn broker(port: u16, ca_file: &std::path::Path) -> Broker {
             command_queues: BTreeSet::new(),
             queue_type: QueueType::Classic,
             partitions: 1,
+            instance_queue: None,
         },
         saga_service::broker::ControlKey::new(&[7; 32]).expect("a 32-byte key"),
     )

@@ -275,7 +275,8 @@ async fn a_write_racing_a_take_over_waits_for_it_and_is_refused() {
 }
 
 #[actix_web::test]
-async fn with_two_instances_each_reply_goes_straight_to_its_owner_without_a_forwarding_hop() {
+async fn with_two_instances_each_reply_goes_straight_to_its_owners_own_queue_without_a_forwarding_hop(
+) {
     let first = spawn_app(None).await;
     let names = first.names.clone();
     let participants = Participants::start(&names, 3, always_done()).await;
@@ -303,8 +304,10 @@ async fn with_two_instances_each_reply_goes_straight_to_its_owner_without_a_forw
             "saga {id}"
         );
     }
+    let holders = partition_owners(&names).await;
     for id in &ids {
-        let own = format!("{}.p{}", names.reply_queue, partition_of(id, 64));
+        let owner = &holders[&(partition_of(id, 64) as i32)];
+        let own = format!("{}.i.{owner}", names.reply_queue);
         for c in participants.for_saga(*id) {
             assert_eq!(c.reply_to.as_deref(), Some(own.as_str()), "saga {id}");
         }

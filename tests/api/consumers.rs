@@ -84,6 +84,29 @@ async fn a_partition_channel_closed_by_a_channel_error_is_reopened_and_every_que
 }
 
 #[actix_web::test]
+async fn the_instance_queue_deleted_is_declared_and_consumed_again_within_five_seconds() {
+    let app = spawn_app(None).await;
+    let own = app.names.default_instance_queue();
+    assert!(
+        all_consumed(std::slice::from_ref(&own), Duration::from_secs(5)).await,
+        "the app consumes its own queue"
+    );
+    delete_queue(&own).await;
+    assert!(
+        all_consumed(std::slice::from_ref(&own), Duration::from_secs(5)).await,
+        "the deleted instance queue is declared and consumed again within 5 s"
+    );
+    // The shared reply queue still works beside it.
+    let participants = Participants::start(&app.names, 3, always_done()).await;
+    let id = app.start_saga(json!({})).await;
+    assert!(
+        app.wait_status(id, "completed", Duration::from_secs(15))
+            .await
+    );
+    participants.close().await;
+}
+
+#[actix_web::test]
 async fn the_shared_reply_queue_deleted_or_its_channel_closed_is_consumed_again_within_five_seconds(
 ) {
     let app = spawn_app(None).await;
@@ -107,6 +130,12 @@ async fn the_shared_reply_queue_deleted_or_its_channel_closed_is_consumed_again_
     })
     .await;
     assert!(moved, "the reply queue is consumed on a new channel");
+    // The instance queue shared that channel: it is consumed again too.
+    let own = app.names.default_instance_queue();
+    assert!(
+        all_consumed(std::slice::from_ref(&own), Duration::from_secs(5)).await,
+        "the instance queue is consumed again after its channel closed"
+    );
     let id = app.start_saga(json!({})).await;
     assert!(
         app.wait_status(id, "completed", Duration::from_secs(15))

@@ -63,21 +63,29 @@ async fn completes(app: &TestApp, participants: &Participants, id: Uuid, command
 }
 
 #[actix_web::test]
-async fn a_hand_over_forged_on_the_shared_reply_queue_is_dead_lettered_and_changes_nothing() {
+async fn a_hand_over_forged_on_the_shared_or_the_instance_reply_queue_is_dead_lettered_and_changes_nothing(
+) {
     let (app, participants, id, command) = waiting_saga().await;
     let forged = json!({"saga_id": id, "op": "abort", "note": "by alice: forged"});
-    for signature in [None, Some("00ff")] {
-        assert!(
-            publish_with(
-                &participants.channel,
-                &app.names.reply_queue,
-                forged.to_string().as_bytes(),
-                control_props(signature),
-            )
-            .await
-        );
+    // Participants publish to both (each is some command's reply_to): neither takes a hand-over.
+    let own = app.names.default_instance_queue();
+    for queue in [app.names.reply_queue.as_str(), own.as_str()] {
+        for signature in [None, Some("00ff")] {
+            assert!(
+                publish_with(
+                    &participants.channel,
+                    queue,
+                    forged.to_string().as_bytes(),
+                    control_props(signature),
+                )
+                .await
+            );
+        }
     }
-    assert!(dead_lettered(&app, 2).await, "both forgeries dead-lettered");
+    assert!(
+        dead_lettered(&app, 4).await,
+        "all four forgeries dead-lettered"
+    );
     untouched(&app, id).await;
     completes(&app, &participants, id, &command).await;
     participants.close().await;

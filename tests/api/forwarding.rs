@@ -65,6 +65,41 @@ async fn a_reply_forwarded_to_a_deleted_partition_queue_is_kept_until_the_queue_
 }
 
 #[actix_web::test]
+async fn a_reply_on_the_instance_queue_for_a_partition_now_held_elsewhere_is_passed_on_to_its_owner(
+) {
+    // The command named this instance's queue; the partition changed hands before the reply.
+    let (app, participants, id, command) = saga_of_another_instance().await;
+    let queue = partition_queue(&app.names, id);
+    let reply = json!({"command_id": command.command_id(), "saga_id": id, "status": "done"});
+    assert!(
+        publish_raw(
+            &participants.channel,
+            &app.names.default_instance_queue(),
+            reply.to_string().as_bytes(),
+            None
+        )
+        .await
+    );
+    let passed_on = wait_until(Duration::from_secs(10), || async {
+        replies_counted(&app, "forwarded").await == 1 && queue_depth(&queue).await == 1
+    })
+    .await;
+    assert!(passed_on, "the reply waits in the partition's queue");
+    assert_eq!(
+        app.status(id).await,
+        "running",
+        "not applied by a non-owner"
+    );
+    give_back_partition(&app, id).await;
+    assert!(
+        app.wait_status(id, "completed", Duration::from_secs(15))
+            .await,
+        "the owner applied it"
+    );
+    participants.close().await;
+}
+
+#[actix_web::test]
 async fn an_operator_action_handed_to_a_deleted_partition_queue_answers_503_not_202() {
     let (app, participants, id, _) = saga_of_another_instance().await;
     delete_queue(&partition_queue(&app.names, id)).await;

@@ -63,7 +63,30 @@ pub struct Names {
     pub defs_path: PathBuf,
 }
 
+/// The instance ids the tests run apps under: the default (the host name) and those they
+/// set (`SAGA_INSTANCE_ID`, `cluster.instance_id`).
+const TEST_INSTANCE_IDS: &[&str] = &["second", "twin", "a", "b", "c", "solo"];
+
 impl Names {
+    /// The queue of an app started without an instance id (its id is the host name).
+    pub fn default_instance_queue(&self) -> String {
+        let host = hostname::get()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "saga-service".into());
+        format!("{}.i.{host}", self.reply_queue)
+    }
+
+    /// The queues of the instances the tests run (`<reply queue>.i.<instance>`), to delete.
+    pub fn instance_queues(&self) -> Vec<String> {
+        let set = TEST_INSTANCE_IDS
+            .iter()
+            .map(|id| format!("{}.i.{id}", self.reply_queue));
+        std::iter::once(self.default_instance_queue())
+            .chain(set)
+            .collect()
+    }
+
     /// Fresh names.
     pub fn new() -> Self {
         let prefix = format!("t{}", &Uuid::new_v4().simple().to_string()[..12]);
@@ -456,6 +479,7 @@ pub async fn drop_resources(names: &Names) {
             ];
             queues.extend((1..=10).map(|i| names.queue(i)));
             queues.extend((0..64).map(|p| format!("{}.p{p}", names.reply_queue)));
+            queues.extend(names.instance_queues());
             for q in queues {
                 let _ = ch
                     .queue_delete(ShortString::from(q.as_str()), QueueDeleteOptions::default())
@@ -715,6 +739,20 @@ pub async fn lease_holders(names: &Names) -> std::collections::BTreeMap<String, 
         .query(
             "SELECT owner, count(*) FROM saga_partitions
               WHERE owner IS NOT NULL AND expires_at > now() GROUP BY owner",
+            &[],
+        )
+        .await
+        .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        .unwrap_or_default()
+}
+
+/// The live owner of each held partition.
+pub async fn partition_owners(names: &Names) -> std::collections::BTreeMap<i32, String> {
+    db(names)
+        .await
+        .query(
+            "SELECT partition, owner FROM saga_partitions
+              WHERE owner IS NOT NULL AND expires_at > now()",
             &[],
         )
         .await
