@@ -602,6 +602,7 @@ impl Handler<SagaCrashed> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: SagaCrashed, ctx: &mut Self::Context) {
+        log::warn!("saga={} step=- reloading it from its snapshot", msg.saga_id);
         self.reload(msg.saga_id, true, ctx);
     }
 }
@@ -611,7 +612,8 @@ impl Registry {
     /// When an actor is live by then, it is told to resume too only if `resume_live`: after a
     /// crash it was revived without re-sending; after a repeated start it was just spawned.
     fn reload(&mut self, saga_id: Uuid, resume_live: bool, ctx: &mut Context<Self>) {
-        log::warn!("saga={saga_id} step=- reloading it from its snapshot");
+        // Not logged here: every start handed over by another instance comes this way, and a
+        // warning for each was all but every line of the log with two instances.
         let load = self.load_owned(saga_id);
         ctx.spawn(
             load.into_actor(self)
@@ -662,6 +664,7 @@ impl Handler<EnsureLive> for Registry {
 
     fn handle(&mut self, msg: EnsureLive, ctx: &mut Self::Context) {
         if !self.sagas.contains_key(&msg.0) && self.env.ownership.owns(&msg.0) {
+            log::debug!("saga={} step=- loading it to drive it here", msg.0);
             self.reload(msg.0, false, ctx);
         }
     }

@@ -325,3 +325,48 @@ async fn with_two_instances_each_reply_goes_straight_to_its_owners_own_queue_wit
     second.stop().await;
     participants.close().await;
 }
+
+#[actix_web::test]
+async fn with_quorum_queues_two_instances_each_declare_and_consume_their_own_queue() {
+    let names = Names::new();
+    write_definitions(&names, &[steps(&names, 3, 30_000, 3)]);
+    create_database(&names).await;
+    // The participants' classic command queues first: the apps use them as they are.
+    let participants = Participants::start(&names, 3, always_done()).await;
+    let quorum = saga_service::config::QueueType::Quorum;
+    let first = start_app_with(names.clone(), true, |s| s.queue_type = quorum).await;
+    let second = start_app_with(names.clone(), false, |s| {
+        s.queue_type = quorum;
+        s.cluster.instance_id = "second".into();
+    })
+    .await;
+    let split = wait_until(Duration::from_secs(20), || async {
+        lease_holders(&names).await.len() == 2
+    })
+    .await;
+    assert!(split, "{:?}", lease_holders(&names).await);
+    // An expiring quorum queue each: declared, and consumed by its instance alone.
+    let own = [
+        names.default_instance_queue(),
+        format!("{}.i.second", names.reply_queue),
+    ];
+    assert!(
+        crate::amqp::all_consumed(&own, Duration::from_secs(5)).await,
+        "each instance consumes its own queue"
+    );
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let app = if i % 2 == 0 { &first } else { &second };
+        ids.push(app.start_saga(json!({})).await);
+    }
+    for id in &ids {
+        assert!(
+            first
+                .wait_status(*id, "completed", Duration::from_secs(20))
+                .await,
+            "saga {id}"
+        );
+    }
+    second.stop().await;
+    participants.close().await;
+}
