@@ -179,6 +179,8 @@ async fn boot(settings: Settings, state: web::Data<AppState>) {
             queue_type: settings.queue_type,
             partitions,
             instance_queue: own_queue.clone(),
+            instance_queue_ttl_ms: u32::try_from(settings.cluster.lease.as_millis())
+                .unwrap_or(u32::MAX),
         },
         key,
     );
@@ -257,6 +259,14 @@ async fn boot(settings: Settings, state: web::Data<AppState>) {
         };
         if state.drain.is_draining() {
             return;
+        }
+        if stopped == Some(Inbox::Own) && broker.is_ready() {
+            // Not worth a reconnection: without it, commands name their partition's queue.
+            own_stopped = broker
+                .consume_own(settings.prefetch)
+                .await
+                .map(|stream| start_consumer(&env, &registry, stream));
+            continue;
         }
         if let Some(inbox) = stopped.filter(|_| broker.is_ready()) {
             match broker.consume_inbox(settings.prefetch, inbox).await {

@@ -2,7 +2,7 @@
 //! consume channels are reopened, and their queues declared again, whenever the broker
 //! closes one or cancels a consumer (a queue deleted, a channel error).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -73,6 +73,8 @@ pub struct Broker {
     generation: Arc<AtomicU64>,
     /// Makes consumer tags unique on a channel, so a consumer started again never reuses one.
     tags: Arc<AtomicU64>,
+    /// Whether this instance's own queue is being consumed: only then do commands name it.
+    pub(super) own_live: Arc<AtomicBool>,
 }
 
 /// A started partition consumer: its partition, its deliveries, its handle.
@@ -105,6 +107,7 @@ impl Broker {
             key: Arc::new(key),
             generation: Arc::new(AtomicU64::new(0)),
             tags: Arc::new(AtomicU64::new(0)),
+            own_live: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -159,12 +162,30 @@ impl Broker {
             generation,
         });
         let shared = self.start_inbox(&links, prefetch, Inbox::Shared).await?;
+        self.set(Some(links));
         let own = match self.topology.instance_queue {
-            Some(_) => Some(self.start_inbox(&links, prefetch, Inbox::Own).await?),
+            Some(_) => self.consume_own(prefetch).await,
             None => None,
         };
-        self.set(Some(links));
         Ok(InboxStreams { shared, own })
+    }
+
+    /// Declares and consumes this instance's own queue; None (commands then name their
+    /// partition's queue, as without one) if the broker refuses either: a queue limit,
+    /// permissions, a quorum without a majority. Tried again at the next reconnection.
+    pub async fn consume_own(&self, prefetch: u16) -> Option<super::ReplyStream> {
+        let started = self.consume_inbox(prefetch, Inbox::Own).await;
+        self.own_live.store(started.is_ok(), Ordering::Release);
+        match started {
+            Ok(stream) => Some(stream),
+            Err(e) => {
+                log::warn!(
+                    "cannot consume this instance's own reply queue ({e}); replies reach it \
+                     through its partitions' queues until the next reconnection"
+                );
+                None
+            }
+        }
     }
 
     /// Consumes an inbox again on the current connection, after its consumer stopped (the
@@ -180,7 +201,7 @@ impl Broker {
         let mut declarer = Declarer::open(&links.connection, t.queue_type).await?;
         match (inbox, &t.instance_queue) {
             (Inbox::Own, Some(own)) => {
-                let args = super::topology::instance_queue_args(t.queue_type);
+                let args = super::topology::instance_queue_args(t);
                 declarer.queue_with(own, args).await?;
             }
             _ => {

@@ -56,7 +56,7 @@ impl Broker {
     /// has one; resolves once the broker confirmed it. Its `reply_to` is the shared reply
     /// queue when no `partition` is given (an instance that runs alone). Else the reply
     /// must reach the saga's owner, this instance, without a hop through the shared queue:
-    /// `reply_to` is this instance's own queue, or, without one, the queue of the saga's
+    /// `reply_to` is this instance's own queue while it is consumed, else the queue of the saga's
     /// `partition`, which whoever holds the partition consumes. A reply that reaches the
     /// own queue after the partition changed hands is passed on to the partition's queue.
     pub async fn send_command(
@@ -68,7 +68,12 @@ impl Broker {
         traceparent: Option<&str>,
         partition: Option<u32>,
     ) -> Result<(), BrokerError> {
-        let reply_to = match (partition, &self.topology.instance_queue) {
+        let own = self
+            .topology
+            .instance_queue
+            .as_ref()
+            .filter(|_| self.own_live.load(std::sync::atomic::Ordering::Acquire));
+        let reply_to = match (partition, own) {
             (None, _) => self.topology.reply_queue.clone(),
             (Some(_), Some(own)) => own.clone(),
             (Some(p), None) => self.topology.partition_queue(p),

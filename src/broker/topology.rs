@@ -25,14 +25,17 @@ pub struct Topology {
     /// commands name as `reply_to` while other instances share the partitions; None when
     /// the name would be too long for AMQP (the saga's partition queue is named instead).
     pub instance_queue: Option<String>,
+    /// How long a reply may wait unread in an instance queue before the broker moves it to
+    /// the shared reply queue (the lease: by then a dead instance's partitions are taken).
+    pub instance_queue_ttl_ms: u32,
 }
 
 /// Longest queue name AMQP allows, in bytes.
 const MAX_QUEUE_NAME: usize = 255;
 
 /// How long an instance queue nobody consumes is kept before the broker deletes it: an
-/// instance gone for good leaves nothing behind. The replies it held are not needed by
-/// then: whoever took the instance's partitions sent every pending command again.
+/// instance gone for good (a pod renamed by a deploy) leaves nothing behind. It is empty
+/// by then: a reply waits there at most the queue's message TTL.
 pub const INSTANCE_QUEUE_EXPIRES_MS: i32 = 24 * 3600 * 1000;
 
 impl Topology {
@@ -55,13 +58,27 @@ impl Topology {
     }
 }
 
-/// The arguments of an instance queue: the configured type, deleted once unused for
-/// [`INSTANCE_QUEUE_EXPIRES_MS`].
-pub(super) fn instance_queue_args(queue_type: QueueType) -> FieldTable {
-    let mut args = queue_args(queue_type);
+/// The arguments of an instance queue: the configured type; a reply left unread for the
+/// TTL (its instance died, froze or shut down, or a deploy renamed it) is dead-lettered by
+/// the broker to the shared reply queue, which every live instance consumes and passes on
+/// to the owner: no reply stays in a queue nobody reads. The queue itself is deleted once
+/// unused for [`INSTANCE_QUEUE_EXPIRES_MS`].
+pub(super) fn instance_queue_args(t: &Topology) -> FieldTable {
+    let mut args = queue_args(t.queue_type);
+    let int = |v: u32| AMQPValue::LongInt(i32::try_from(v).unwrap_or(i32::MAX));
+    let text = |v: &str| AMQPValue::LongString(LongString::from(v));
     args.insert(
         ShortString::from("x-expires"),
         AMQPValue::LongInt(INSTANCE_QUEUE_EXPIRES_MS),
+    );
+    args.insert(
+        ShortString::from("x-message-ttl"),
+        int(t.instance_queue_ttl_ms),
+    );
+    args.insert(ShortString::from("x-dead-letter-exchange"), text(""));
+    args.insert(
+        ShortString::from("x-dead-letter-routing-key"),
+        text(&t.reply_queue),
     );
     args
 }
@@ -157,8 +174,8 @@ impl<'a> Declarer<'a> {
     }
 }
 
-/// Declares everything: the events exchange, the reply queue and its DLQ, this instance's
-/// queue, the partition queues and every command queue.
+/// Declares everything but this instance's queue: the events exchange, the reply queue
+/// and its DLQ, the partition queues and every command queue.
 pub(super) async fn declare_topology(
     connection: &Connection,
     t: &Topology,
@@ -170,11 +187,6 @@ pub(super) async fn declare_topology(
     queues.extend(t.command_queues.iter().cloned());
     for queue in queues {
         declarer.queue(&queue).await?;
-    }
-    if let Some(own) = &t.instance_queue {
-        declarer
-            .queue_with(own, instance_queue_args(t.queue_type))
-            .await?;
     }
     declarer.close().await;
     Ok(())

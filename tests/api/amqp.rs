@@ -129,9 +129,18 @@ pub async fn consumer_channel(queue: &str) -> Option<String> {
 /// when its client acks an unknown delivery tag (or a consumer times out). Returns the
 /// channel's broker id.
 pub async fn provoke_channel_error(queue: &str) -> String {
-    let pid = consumer_channel(queue)
-        .await
-        .expect("the queue has a consumer");
+    // Polled: `rabbitmqctl` under a loaded machine sometimes answers late or with nothing.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let pid = loop {
+        if let Some(pid) = consumer_channel(queue).await {
+            break pid;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{queue} has no consumer (rabbitmqctl list_consumers)"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     // `rabbit_channel:do/2` runs a method on the channel as if its client had sent it.
     let code = format!(
         "rabbit_channel:do(rabbit_misc:string_to_pid(\"{pid}\"), {{'basic.ack', 987654321, false}})."

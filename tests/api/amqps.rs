@@ -61,6 +61,7 @@ fn broker(port: u16, ca_file: &std::path::Path) -> Broker {
             queue_type: QueueType::Classic,
             partitions: 1,
             instance_queue: None,
+            instance_queue_ttl_ms: 5_000,
         },
         saga_service::broker::ControlKey::new(&[7; 32]).expect("a 32-byte key"),
     )

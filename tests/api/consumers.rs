@@ -96,12 +96,46 @@ async fn the_instance_queue_deleted_is_declared_and_consumed_again_within_five_s
         all_consumed(std::slice::from_ref(&own), Duration::from_secs(5)).await,
         "the deleted instance queue is declared and consumed again within 5 s"
     );
-    // The shared reply queue still works beside it.
-    let participants = Participants::start(&app.names, 3, always_done()).await;
+    // A reply delivered through the queue consumed again is applied.
+    let participants = Participants::start(&app.names, 3, step1_silent()).await;
     let id = app.start_saga(json!({})).await;
+    first_command(&participants, id, "s1").await;
+    answer_step1_on(&app, &participants, id, &own).await;
+    participants.close().await;
+}
+
+#[actix_web::test]
+async fn a_reply_left_in_the_queue_of_an_instance_gone_reaches_the_owner_after_the_lease() {
+    // An instance that ran once under another name (a pod renamed by a deploy) and is gone:
+    // participants may still answer commands it sent to its queue, which nobody reads.
+    let app = spawn_app(None).await;
+    let gone = launch_app_with(app.names.clone(), false, |s| {
+        s.cluster.instance_id = "solo".into();
+        s.cluster.lease = Duration::from_millis(2_000);
+    });
+    let ghost = format!("{}.i.solo", app.names.reply_queue);
     assert!(
-        app.wait_status(id, "completed", Duration::from_secs(15))
-            .await
+        all_consumed(std::slice::from_ref(&ghost), Duration::from_secs(15)).await,
+        "the other instance declared its queue"
+    );
+    gone.stop().await;
+    let conn = connect().await;
+    let unread = wait_until(Duration::from_secs(10), || async {
+        consumers_of(&conn, &ghost).await == Some(0)
+    })
+    .await;
+    assert!(unread, "the instance gone no longer consumes its queue");
+    let participants = Participants::start(&app.names, 3, step1_silent()).await;
+    let id = app.start_saga(json!({})).await;
+    first_command(&participants, id, "s1").await;
+    let started = std::time::Instant::now();
+    answer_step1_on(&app, &participants, id, &ghost).await;
+    // Moved to the shared reply queue by the broker once its TTL (that instance's lease)
+    // passed, not re-sent after the step's 30 s time-out.
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
     );
     participants.close().await;
 }

@@ -92,6 +92,44 @@ async fn a_hand_over_forged_on_the_shared_or_the_instance_reply_queue_is_dead_le
 }
 
 #[actix_web::test]
+async fn a_validly_signed_hand_over_on_the_instance_queue_is_dead_lettered_and_changes_nothing() {
+    // Signed with the cluster's own secret: only where it arrives can refuse it.
+    let (app, participants, id, command) = waiting_saga().await;
+    let secret: Vec<u8> = db(&app.names)
+        .await
+        .query_one("SELECT secret FROM saga_cluster_secret", &[])
+        .await
+        .expect("the cluster secret")
+        .get(0);
+    let key = saga_service::broker::ControlKey::new(&secret).expect("a 32-byte secret");
+    let body = json!({"saga_id": id, "op": "abort", "note": "by alice: signed"}).to_string();
+    let sent_at = chrono::Utc::now().timestamp_millis();
+    let mut headers = lapin::types::FieldTable::default();
+    headers.insert(
+        "x-saga-signature".into(),
+        lapin::types::AMQPValue::LongString(key.sign(sent_at, body.as_bytes()).as_str().into()),
+    );
+    headers.insert(
+        "x-saga-sent-at".into(),
+        lapin::types::AMQPValue::LongLongInt(sent_at),
+    );
+    let props = control_props(None).with_headers(headers);
+    assert!(
+        publish_with(
+            &participants.channel,
+            &app.names.default_instance_queue(),
+            body.as_bytes(),
+            props,
+        )
+        .await
+    );
+    assert!(dead_lettered(&app, 1).await, "dead-lettered");
+    untouched(&app, id).await;
+    completes(&app, &participants, id, &command).await;
+    participants.close().await;
+}
+
+#[actix_web::test]
 async fn a_hand_over_on_a_partition_queue_without_a_valid_signature_is_dead_lettered_and_changes_nothing(
 ) {
     let (app, participants, id, command) = waiting_saga().await;
