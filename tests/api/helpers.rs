@@ -65,7 +65,9 @@ pub struct Names {
 
 /// The instance ids the tests run apps under: the default (the host name) and those they
 /// set (`SAGA_INSTANCE_ID`, `cluster.instance_id`).
-const TEST_INSTANCE_IDS: &[&str] = &["second", "twin", "a", "b", "c", "solo"];
+const TEST_INSTANCE_IDS: &[&str] = &[
+    "second", "twin", "a", "b", "c", "solo", "i1", "i2", "i3", "i4", "n1", "n2", "n3",
+];
 
 impl Names {
     /// The queue of an app started without an instance id (its id is the host name).

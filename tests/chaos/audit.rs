@@ -370,8 +370,8 @@ fn check_steps(
     }
 }
 
-/// Messages left in the run's reply queue, its dead-letter queue and its partition queues,
-/// once late duplicates had up to 10 s to be acked.
+/// Messages left in the run's reply queue, its dead-letter queue, its partition queues and
+/// its instances' queues, once late duplicates had up to 10 s to be acked.
 async fn check_queues(audit: &mut Audit, names: &Names) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
@@ -395,6 +395,8 @@ async fn leftovers(names: &Names) -> Vec<String> {
         format!("{}.dlq", names.reply_queue),
     ];
     queues.extend((0..64).map(|p| format!("{}.p{p}", names.reply_queue)));
+    // A dead instance's queue too: what it held left for the reply queue after its lease.
+    queues.extend(names.instance_queues());
     let mut left = Vec::new();
     for q in queues {
         // A failed passive declare closes the channel: one channel per queue.
