@@ -291,19 +291,7 @@ async fn with_two_instances_each_reply_goes_straight_to_its_owners_own_queue_wit
     .await;
     assert!(split, "{:?}", lease_holders(&names).await);
     // Half the sagas belong to the instance they were not started on.
-    let mut ids = Vec::new();
-    for i in 0..40 {
-        let app = if i % 2 == 0 { &first } else { &second };
-        ids.push(app.start_saga(json!({})).await);
-    }
-    for id in &ids {
-        assert!(
-            first
-                .wait_status(*id, "completed", Duration::from_secs(20))
-                .await,
-            "saga {id}"
-        );
-    }
+    let ids = start_on_both_and_complete(&first, &second, 40).await;
     let holders = partition_owners(&names).await;
     for id in &ids {
         let owner = &holders[&(partition_of(id, 64) as i32)];
@@ -354,9 +342,16 @@ async fn with_quorum_queues_two_instances_each_declare_and_consume_their_own_que
         crate::amqp::all_consumed(&own, Duration::from_secs(5)).await,
         "each instance consumes its own queue"
     );
+    start_on_both_and_complete(&first, &second, 20).await;
+    second.stop().await;
+    participants.close().await;
+}
+
+/// Starts `n` sagas, alternating between two instances, and waits until each completed.
+async fn start_on_both_and_complete(first: &TestApp, second: &TestApp, n: usize) -> Vec<Uuid> {
     let mut ids = Vec::new();
-    for i in 0..20 {
-        let app = if i % 2 == 0 { &first } else { &second };
+    for i in 0..n {
+        let app = if i % 2 == 0 { first } else { second };
         ids.push(app.start_saga(json!({})).await);
     }
     for id in &ids {
@@ -367,6 +362,5 @@ async fn with_quorum_queues_two_instances_each_declare_and_consume_their_own_que
             "saga {id}"
         );
     }
-    second.stop().await;
-    participants.close().await;
+    ids
 }
