@@ -375,14 +375,19 @@ impl ServeArgs {
     }
 }
 
+/// The instance id without `SAGA_INSTANCE_ID`: the host name (`saga-service` if unreadable).
+pub fn default_instance_id() -> String {
+    hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "saga-service".into())
+}
+
 impl ServeArgs {
     fn cluster_settings(&self) -> Result<ClusterSettings, ConfigError> {
         let instance_id = match &self.instance_id {
             Some(id) => id.clone(),
-            None => hostname::get()
-                .ok()
-                .and_then(|h| h.into_string().ok())
-                .unwrap_or_else(|| "saga-service".into()),
+            None => default_instance_id(),
         };
         if instance_id.trim().is_empty()
             || instance_id.len() > 200

@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use crate::actors::{Env, Registry, ReplyConsumer};
 use crate::app_state::{AppState, Core};
-use crate::broker::{Broker, ControlKey, Inbox, InboxStreams, Topology};
+use crate::broker::{Broker, ControlKey, InboxStreams, Topology};
 use crate::cluster::lease::LeaseLoop;
 use crate::cluster::Ownership;
 use crate::config::Settings;
@@ -260,27 +260,26 @@ async fn boot(settings: Settings, state: web::Data<AppState>) {
         if state.drain.is_draining() {
             return;
         }
-        if stopped == Some(Inbox::Own) && broker.is_ready() {
+        match stopped {
             // Not worth a reconnection: without it, commands name their partition's queue.
-            own_stopped = broker
-                .consume_own(settings.prefetch)
-                .await
-                .map(|stream| start_consumer(&env, &registry, stream));
-            continue;
-        }
-        if let Some(inbox) = stopped.filter(|_| broker.is_ready()) {
-            match broker.consume_inbox(settings.prefetch, inbox).await {
-                Ok(stream) => {
-                    log::info!("{inbox:?} reply queue declared and consumed again");
-                    let stopped = start_consumer(&env, &registry, stream);
-                    match inbox {
-                        Inbox::Shared => shared_stopped = stopped,
-                        Inbox::Own => own_stopped = Some(stopped),
-                    }
-                    continue;
-                }
-                Err(e) => log::warn!("consuming the {inbox:?} reply queue again failed ({e})"),
+            Some(Inbox::Own) if broker.is_ready() => {
+                own_stopped = broker
+                    .consume_own(settings.prefetch)
+                    .await
+                    .map(|stream| start_consumer(&env, &registry, stream));
+                continue;
             }
+            Some(Inbox::Shared) if broker.is_ready() => {
+                match broker.consume_replies(settings.prefetch).await {
+                    Ok(stream) => {
+                        log::info!("reply queue declared and consumed again");
+                        shared_stopped = start_consumer(&env, &registry, stream);
+                        continue;
+                    }
+                    Err(e) => log::warn!("consuming the reply queue again failed ({e})"),
+                }
+            }
+            _ => {}
         }
         log::warn!("RabbitMQ connection lost; reconnecting");
         broker.close().await;
@@ -293,6 +292,15 @@ async fn boot(settings: Settings, state: web::Data<AppState>) {
         // The lease loop consumes the partition queues on the new connection at once.
         env.ownership.recheck();
     }
+}
+
+/// The queues consumed whatever partitions are held: which one's consumer stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Inbox {
+    /// The shared reply queue.
+    Shared,
+    /// This instance's own queue.
+    Own,
 }
 
 /// Starts the consumers of the inboxes; returns the signals of their ends.

@@ -80,17 +80,9 @@ pub struct Broker {
 /// A started partition consumer: its partition, its deliveries, its handle.
 pub type PartitionStart = (u32, super::ReplyStream, PartitionConsumer);
 
-/// The queues an instance consumes on its `consume` channel whatever partitions it holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Inbox {
-    /// The shared reply queue (`SAGA_REPLY_QUEUE`).
-    Shared,
-    /// This instance's own queue (`<reply queue>.i.<instance>`).
-    Own,
-}
-
-/// The deliveries of the inboxes just consumed: the shared queue's, and the instance
-/// queue's unless its name was too long to have one.
+/// The deliveries of the queues an instance consumes whatever partitions it holds: the
+/// shared reply queue's, and its own queue's unless it has none (see
+/// [`Broker::consume_own`]).
 pub struct InboxStreams {
     pub shared: super::ReplyStream,
     pub own: Option<super::ReplyStream>,
@@ -161,70 +153,63 @@ impl Broker {
             partitions,
             generation,
         });
-        let shared = self.start_inbox(&links, prefetch, Inbox::Shared).await?;
+        let shared = self.start_replies(&links, prefetch).await?;
         self.set(Some(links));
-        let own = match self.topology.instance_queue {
-            Some(_) => self.consume_own(prefetch).await,
-            None => None,
-        };
+        let own = self.consume_own(prefetch).await;
         Ok(InboxStreams { shared, own })
     }
 
-    /// Declares and consumes this instance's own queue; None (commands then name their
-    /// partition's queue, as without one) if the broker refuses either: a queue limit,
-    /// permissions, a quorum without a majority. Tried again at the next reconnection.
-    pub async fn consume_own(&self, prefetch: u16) -> Option<super::ReplyStream> {
-        let started = self.consume_inbox(prefetch, Inbox::Own).await;
-        self.own_live.store(started.is_ok(), Ordering::Release);
-        match started {
-            Ok(stream) => Some(stream),
-            Err(e) => {
-                log::warn!(
-                    "cannot consume this instance's own reply queue ({e}); replies reach it \
-                     through its partitions' queues until the next reconnection"
-                );
-                None
-            }
-        }
-    }
-
-    /// Consumes an inbox again on the current connection, after its consumer stopped (the
-    /// queue deleted, its channel closed): declares the queue (and the reply queue's DLQ),
+    /// Consumes the shared reply queue again on the current connection, after its consumer
+    /// stopped (the queue deleted, its channel closed): declares the queue and its DLQ,
     /// reopens the channel if the broker closed it.
-    pub async fn consume_inbox(
-        &self,
-        prefetch: u16,
-        inbox: Inbox,
-    ) -> Result<super::ReplyStream, BrokerError> {
+    pub async fn consume_replies(&self, prefetch: u16) -> Result<super::ReplyStream, BrokerError> {
         let links = self.current().ok_or(BrokerError::NotConnected)?;
-        let t = &self.topology;
-        let mut declarer = Declarer::open(&links.connection, t.queue_type).await?;
-        match (inbox, &t.instance_queue) {
-            (Inbox::Own, Some(own)) => {
-                let args = super::topology::instance_queue_args(t);
-                declarer.queue_with(own, args).await?;
-            }
-            _ => {
-                declarer.queue(&t.reply_queue).await?;
-                declarer.queue(&t.dead_letter_queue()).await?;
-            }
-        }
+        let mut declarer = Declarer::open(&links.connection, self.topology.queue_type).await?;
+        declarer.queue(&self.topology.reply_queue).await?;
+        declarer.queue(&self.topology.dead_letter_queue()).await?;
         declarer.close().await;
-        self.start_inbox(&links, prefetch, inbox).await
+        self.start_replies(&links, prefetch).await
     }
 
-    async fn start_inbox(
+    async fn start_replies(
         &self,
         links: &Links,
         prefetch: u16,
-        inbox: Inbox,
     ) -> Result<super::ReplyStream, BrokerError> {
         let Consuming { channel, acks } = links.open_channel(&links.consume).await?;
-        let (queue, tag) = match (inbox, &self.topology.instance_queue) {
-            (Inbox::Own, Some(own)) => (own, self.tag("saga-service-own")),
-            _ => (&self.topology.reply_queue, self.tag("saga-service")),
-        };
-        super::consumer::start(&channel, acks, queue, &tag, prefetch).await
+        let tag = self.tag("saga-service");
+        super::consumer::start(&channel, acks, &self.topology.reply_queue, &tag, prefetch).await
+    }
+
+    /// Declares and consumes this instance's own queue on the current connection, beside the
+    /// shared one; commands name it only while this succeeded. None when there is none (its
+    /// name too long) or the broker refuses it (a queue limit, permissions, a quorum without
+    /// a majority): commands then name their partition's queue, as without one, until the
+    /// next reconnection.
+    pub async fn consume_own(&self, prefetch: u16) -> Option<super::ReplyStream> {
+        let own = self.topology.instance_queue.as_ref()?;
+        let started = async {
+            let links = self.current().ok_or(BrokerError::NotConnected)?;
+            let mut declarer = Declarer::open(&links.connection, self.topology.queue_type).await?;
+            let declared = declarer
+                .queue_with(own, super::topology::instance_queue_args(&self.topology))
+                .await;
+            declarer.close().await;
+            declared?;
+            let Consuming { channel, acks } = links.open_channel(&links.consume).await?;
+            let tag = self.tag("saga-service-own");
+            super::consumer::start(&channel, acks, own, &tag, prefetch).await
+        }
+        .await;
+        self.own_live.store(started.is_ok(), Ordering::Release);
+        started
+            .map_err(|e| {
+                log::warn!(
+                    "cannot consume this instance's own reply queue {own} ({e}); replies reach \
+                     it through its partitions' queues until the next reconnection"
+                )
+            })
+            .ok()
     }
 
     /// Declares the queues of `partitions` and consumes them on the current connection (the

@@ -9,7 +9,7 @@ mod tls;
 mod topology;
 pub mod wire;
 
-pub use connection::{Broker, Inbox, InboxStreams, PartitionConsumer, PartitionStart};
+pub use connection::{Broker, InboxStreams, PartitionConsumer, PartitionStart};
 pub use consumer::{ReplyDelivery, ReplyStream};
 pub use signing::{ControlKey, ControlRefusal};
 pub use tls::{connect as connect_amqp, AmqpTls};

@@ -1,6 +1,8 @@
 //! Publishing with confirms: commands, lifecycle events, dead letters, and what is passed
 //! on to a partition's queue.
 
+use std::borrow::Cow;
+
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, LongString, ShortString};
 use lapin::{BasicProperties, Confirmation};
@@ -71,17 +73,17 @@ impl Broker {
         let own = self
             .topology
             .instance_queue
-            .as_ref()
+            .as_deref()
             .filter(|_| self.own_live.load(std::sync::atomic::Ordering::Acquire));
         let reply_to = match (partition, own) {
-            (None, _) => self.topology.reply_queue.clone(),
-            (Some(_), Some(own)) => own.clone(),
-            (Some(p), None) => self.topology.partition_queue(p),
+            (None, _) => Cow::Borrowed(self.topology.reply_queue.as_str()),
+            (Some(_), Some(own)) => Cow::Borrowed(own),
+            (Some(p), None) => Cow::Owned(self.topology.partition_queue(p)),
         };
         let mut props = BasicProperties::default()
             .with_message_id(ShortString::from(command_id))
             .with_correlation_id(ShortString::from(command_id))
-            .with_reply_to(ShortString::from(reply_to.as_str()))
+            .with_reply_to(ShortString::from(&*reply_to))
             .with_type(ShortString::from(action))
             .with_content_type(ShortString::from("application/json"));
         if let Some(tp) = traceparent {

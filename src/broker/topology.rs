@@ -65,16 +65,13 @@ impl Topology {
 /// unused for [`INSTANCE_QUEUE_EXPIRES_MS`].
 pub(super) fn instance_queue_args(t: &Topology) -> FieldTable {
     let mut args = queue_args(t.queue_type);
-    let int = |v: u32| AMQPValue::LongInt(i32::try_from(v).unwrap_or(i32::MAX));
     let text = |v: &str| AMQPValue::LongString(LongString::from(v));
+    let ttl = i32::try_from(t.instance_queue_ttl_ms).unwrap_or(i32::MAX);
     args.insert(
         ShortString::from("x-expires"),
         AMQPValue::LongInt(INSTANCE_QUEUE_EXPIRES_MS),
     );
-    args.insert(
-        ShortString::from("x-message-ttl"),
-        int(t.instance_queue_ttl_ms),
-    );
+    args.insert(ShortString::from("x-message-ttl"), AMQPValue::LongInt(ttl));
     args.insert(ShortString::from("x-dead-letter-exchange"), text(""));
     args.insert(
         ShortString::from("x-dead-letter-routing-key"),

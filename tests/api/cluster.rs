@@ -364,3 +364,54 @@ async fn start_on_both_and_complete(first: &TestApp, second: &TestApp, n: usize)
     }
     ids
 }
+
+#[actix_web::test]
+async fn an_instance_whose_own_queue_the_broker_refuses_names_its_partition_queues_instead() {
+    let first = spawn_app(None).await;
+    let names = first.names.clone();
+    let participants = Participants::start(&names, 3, always_done()).await;
+    // Another connection holds the second instance's queue name exclusively: the broker
+    // refuses it to that instance, as a queue limit or missing permissions would.
+    let squatter = crate::amqp::connect().await;
+    let channel = squatter.create_channel().await.expect("a channel");
+    channel
+        .queue_declare(
+            format!("{}.i.second", names.reply_queue).as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .expect("the exclusive queue");
+    let second = start_app_with(names.clone(), false, |s| {
+        s.cluster.instance_id = "second".into()
+    })
+    .await;
+    let split = wait_until(Duration::from_secs(20), || async {
+        lease_holders(&names).await.len() == 2
+    })
+    .await;
+    assert!(split, "{:?}", lease_holders(&names).await);
+    let ids = start_on_both_and_complete(&first, &second, 20).await;
+    let holders = partition_owners(&names).await;
+    let mut fell_back = 0;
+    for id in &ids {
+        let partition = partition_of(id, 64);
+        let expected = match holders[&(partition as i32)].as_str() {
+            "second" => {
+                fell_back += 1;
+                format!("{}.p{partition}", names.reply_queue)
+            }
+            owner => format!("{}.i.{owner}", names.reply_queue),
+        };
+        for c in participants.for_saga(*id) {
+            assert_eq!(c.reply_to.as_deref(), Some(expected.as_str()), "saga {id}");
+        }
+    }
+    assert!(fell_back > 0, "some sagas belong to the second instance");
+    second.stop().await;
+    let _ = squatter.close(200, "bye".into()).await;
+    participants.close().await;
+}

@@ -128,15 +128,10 @@ async fn a_reply_left_in_the_queue_of_an_instance_gone_reaches_the_owner_after_t
     let participants = Participants::start(&app.names, 3, step1_silent()).await;
     let id = app.start_saga(json!({})).await;
     first_command(&participants, id, "s1").await;
-    let started = std::time::Instant::now();
+    // Completed within the 15 s answer_step1_on waits, under the step's 30 s time-out: the
+    // reply was moved to the shared reply queue by the broker once its TTL (that instance's
+    // lease) passed, not answered again after a re-send.
     answer_step1_on(&app, &participants, id, &ghost).await;
-    // Moved to the shared reply queue by the broker once its TTL (that instance's lease)
-    // passed, not re-sent after the step's 30 s time-out.
-    assert!(
-        started.elapsed() < Duration::from_secs(15),
-        "took {:?}",
-        started.elapsed()
-    );
     participants.close().await;
 }
 

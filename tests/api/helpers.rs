@@ -72,10 +72,7 @@ const TEST_INSTANCE_IDS: &[&str] = &[
 impl Names {
     /// The queue of an app started without an instance id (its id is the host name).
     pub fn default_instance_queue(&self) -> String {
-        let host = hostname::get()
-            .ok()
-            .and_then(|h| h.into_string().ok())
-            .unwrap_or_else(|| "saga-service".into());
+        let host = saga_service::config::default_instance_id();
         format!("{}.i.{host}", self.reply_queue)
     }
 
