@@ -142,15 +142,12 @@ async fn boot(settings: Settings, state: web::Data<AppState>) {
         })
         .await,
     );
-    // Versions stored later (PUT /definitions on any instance) become current here too, and
-    // starts stored by another instance for a partition held here are announced.
-    let (wakes, mut woken) = tokio::sync::mpsc::unbounded_channel();
+    // Versions stored later (PUT /definitions on any instance) become current here too.
     actix::spawn(store::listen_for_definitions(
         settings.database.clone(),
         pool.clone(),
         catalog.clone(),
         state.drain.clone(),
-        wakes,
     ));
     let command_queues = catalog
         .all()
@@ -213,22 +210,6 @@ async fn boot(settings: Settings, state: web::Data<AppState>) {
         state.metrics.clone(),
     ));
     let registry = Registry::new(env.clone()).start();
-    // A start announced by another instance: its saga is loaded and step 1 sent, if its
-    // partition is held here (every instance hears every announcement).
-    actix::spawn({
-        let (env, registry) = (env.clone(), registry.clone());
-        async move {
-            while let Some(ids) = woken.recv().await {
-                let held: Vec<_> = ids
-                    .into_iter()
-                    .filter(|id| env.ownership.owns(id))
-                    .collect();
-                if !held.is_empty() {
-                    registry.do_send(crate::actors::messages::WakeSagas(held));
-                }
-            }
-        }
-    });
     let _ = state.core.set(Core {
         registry: registry.clone(),
         env: env.clone(),

@@ -172,12 +172,6 @@ pub struct RestartSaga {
     pub addr: Addr<crate::actors::SagaActor>,
 }
 
-/// Starts stored by another instance for partitions this one may hold: the registry loads
-/// those it holds in one statement and drives them (step 1 is sent).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct WakeSagas(pub Vec<Uuid>);
-
 /// Asks the registry to make sure an unfinished saga is driven (after an ambiguous start).
 #[derive(Message)]
 #[rtype(result = "()")]

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::messages::{
     Applied, CountLive, Crash, CrashSaga, DeliverError, DeliverEvent, EnsureLive, Passivated,
     RehydrateSagas, ReleasePartitions, Relinquish, RestartSaga, ResumeSaga, RetireSaga,
-    SagaCrashed, SpawnSaga, WakeSagas,
+    SagaCrashed, SpawnSaga,
 };
 use super::saga_actor::encode_command;
 use super::{Env, SagaActor};
@@ -667,55 +667,6 @@ impl Handler<EnsureLive> for Registry {
             log::debug!("saga={} step=- loading it to drive it here", msg.0);
             self.reload(msg.0, false, ctx);
         }
-    }
-}
-
-impl Handler<WakeSagas> for Registry {
-    type Result = ();
-
-    fn handle(&mut self, msg: WakeSagas, ctx: &mut Self::Context) {
-        let ids: Vec<Uuid> = msg
-            .0
-            .into_iter()
-            .filter(|id| !self.sagas.contains_key(id) && self.env.ownership.owns(id))
-            .collect();
-        if ids.is_empty() {
-            return;
-        }
-        let pool = self.env.writer.pool().clone();
-        let instance = self.env.ownership.instance().to_string();
-        let n = self.env.ownership.partitions();
-        let catalog = self.env.catalog.clone();
-        let load = async move {
-            let loaded = async {
-                let states = queries::load_held(&pool, &ids, &instance, n).await?;
-                // A version stored by another instance after this one started: load it now.
-                for s in &states {
-                    catalog.fetch(&pool, &s.saga, s.definition_version).await?;
-                }
-                Ok::<_, StoreError>(states)
-            };
-            loaded.await.map_err(|e| (e, ids))
-        };
-        ctx.spawn(load.into_actor(self).map(|loaded, act, ctx| match loaded {
-            Ok(states) => {
-                for state in states {
-                    if !state.status.is_terminal() && act.live(&state.saga_id).is_none() {
-                        act.revive(state, Revive::Resume, ctx);
-                    }
-                }
-            }
-            // One by one, each retried until the database answers.
-            Err((e, ids)) => {
-                log::warn!(
-                    "loading {} started sagas failed: {e}; one by one",
-                    ids.len()
-                );
-                for id in ids {
-                    ctx.notify(EnsureLive(id));
-                }
-            }
-        }));
     }
 }
 

@@ -168,9 +168,6 @@ pub async fn start(
         .unwrap_or_else(crate::domain::trace::new_traceparent);
     let code = request.saga_id.code();
     let mut tries = 0;
-    // A start for a partition held by another instance is announced to it by PostgreSQL at
-    // commit (no broker message, no wait for a confirm).
-    let announce = !core.env.ownership.owns(&request.saga_id.0);
     // `None`: stored now; `Some`: the id was taken already.
     let (transition, existing) = loop {
         let mut transition = saga::start(
@@ -184,7 +181,7 @@ pub async fn start(
         match core
             .env
             .writer
-            .insert_started(&transition.state, &transition.record, announce)
+            .insert_started(&transition.state, &transition.record)
             .await?
         {
             InsertOutcome::Inserted => break (transition, None),
@@ -229,10 +226,9 @@ pub async fn start(
                     state: transition.state,
                     effects: transition.effects,
                 });
-            } else if !announce {
-                // Its partition changed hands while it was stored: the new holder is told
-                // through the partition's queue instead. A lost hand-over (or a lost
-                // announcement) is caught by that holder's sweep of sagas that never advanced.
+            } else {
+                // Stored; the instance holding its partition sends step 1 once told. A lost
+                // hand-over is caught by that owner's sweep of sagas that never advanced.
                 hand_over(core, Control::wake(request.saga_id.0)).await?;
             }
             Ok(HttpResponse::Ok().json(json!({

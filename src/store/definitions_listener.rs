@@ -2,10 +2,6 @@
 //! for the versions other instances store (`PUT /definitions/{name}`), reconnecting with
 //! back-off, and re-reading the latest versions whenever it (re)connects, since
 //! notifications sent while it was not listening are lost.
-//!
-//! The same connection listens for starts that another instance stored for a partition
-//! this one may hold ([`WAKE_CHANNEL`]): their ids are passed to `wakes`. One lost while
-//! not listening is found by the lease loop's sweep of sagas that never advanced.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +12,6 @@ use tokio::sync::mpsc;
 use tokio_postgres::AsyncMessage;
 
 use super::definitions::{Catalog, NOTIFY_CHANNEL};
-use super::snapshots::WAKE_CHANNEL;
 use super::StoreError;
 use crate::app_state::Drain;
 use crate::config::DatabaseSettings;
@@ -27,21 +22,16 @@ pub const APPLICATION_NAME: &str = "saga-definitions-listener";
 /// How often a listener waiting for notifications checks whether the service is draining.
 const DRAIN_CHECK: Duration = Duration::from_millis(500);
 
-/// Saga ids of starts stored for a partition held elsewhere, as notified.
-pub type Wakes = mpsc::UnboundedSender<Vec<uuid::Uuid>>;
-
-/// Listens until the service drains; each notified version is loaded and made current,
-/// each notified start is passed to `wakes`.
+/// Listens until the service drains; each notified version is loaded and made current.
 pub async fn listen(
     database: DatabaseSettings,
     pool: Pool,
     catalog: Arc<Catalog>,
     drain: Arc<Drain>,
-    wakes: Wakes,
 ) {
     let mut delay = Duration::from_millis(100);
     while !drain.is_draining() {
-        match listen_once(&database, &pool, &catalog, &drain, &wakes).await {
+        match listen_once(&database, &pool, &catalog, &drain).await {
             Ok(()) => return,
             Err(e) => {
                 log::warn!(
@@ -62,7 +52,6 @@ async fn listen_once(
     pool: &Pool,
     catalog: &Catalog,
     drain: &Drain,
-    wakes: &Wakes,
 ) -> Result<(), StoreError> {
     let mut config = database.config.clone();
     // Named, so that an operator (or a test) can tell it in `pg_stat_activity`.
@@ -78,10 +67,7 @@ async fn listen_once(
         while let Some(message) = messages.next().await {
             match message {
                 Ok(AsyncMessage::Notification(n)) => {
-                    if tx
-                        .send(Ok((n.channel().to_string(), n.payload().to_string())))
-                        .is_err()
-                    {
+                    if tx.send(Ok(n.payload().to_string())).is_err() {
                         return;
                     }
                 }
@@ -95,7 +81,7 @@ async fn listen_once(
     });
     let result = async {
         client
-            .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}; LISTEN {WAKE_CHANNEL}"))
+            .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
             .await?;
         // Listening from here on: whatever was stored before is read now.
         catalog.refresh(&client).await?;
@@ -110,8 +96,8 @@ async fn listen_once(
                     continue;
                 }
             };
-            let (channel, payload) = match next {
-                Some(Ok(notification)) => notification,
+            let payload = match next {
+                Some(Ok(payload)) => payload,
                 Some(Err(e)) => return Err(StoreError::from(e)),
                 None => {
                     return Err(StoreError::Unavailable(
@@ -119,13 +105,6 @@ async fn listen_once(
                     ))
                 }
             };
-            if channel == WAKE_CHANNEL {
-                let ids = parse_wake(&payload);
-                if !ids.is_empty() {
-                    let _ = wakes.send(ids);
-                }
-                continue;
-            }
             let Some((version, name)) = parse_payload(&payload) else {
                 log::warn!("definitions listener: unreadable notification `{payload}` ignored");
                 continue;
@@ -151,38 +130,9 @@ fn parse_payload(payload: &str) -> Option<(i32, &str)> {
     (!name.is_empty()).then_some((version, name))
 }
 
-/// The saga ids of a wake notification (comma-separated); an unreadable one is skipped.
-fn parse_wake(payload: &str) -> Vec<uuid::Uuid> {
-    payload
-        .split(',')
-        .filter_map(|id| match uuid::Uuid::parse_str(id) {
-            Ok(id) => Some(id),
-            Err(_) => {
-                log::warn!("start notification: unreadable saga id `{id}` ignored");
-                None
-            }
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{parse_payload, parse_wake};
-
-    #[test]
-    fn a_wake_names_saga_ids_separated_by_commas() {
-        let a = uuid::Uuid::new_v4();
-        let b = uuid::Uuid::new_v4();
-        assert_eq!(parse_wake(&format!("{a},{b}")), vec![a, b]);
-        assert_eq!(parse_wake(&format!("{a},x")), vec![a]);
-        assert!(parse_wake("").is_empty());
-    }
-
-    #[test]
-    fn the_start_statement_notifies_on_the_wake_channel() {
-        assert!(super::super::snapshots::INSERT_STARTS_FOR_TESTS
-            .contains(&format!("pg_notify('{}'", super::WAKE_CHANNEL)));
-    }
+    use super::parse_payload;
 
     #[test]
     fn a_notification_names_the_version_then_the_saga() {

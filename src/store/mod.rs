@@ -20,7 +20,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, 
 pub use definitions::{
     latest_all, load as load_definition, put_definition, register_definitions, DefinitionCatalog,
 };
-pub use definitions_listener::{listen as listen_for_definitions, Wakes};
+pub use definitions_listener::listen as listen_for_definitions;
 pub use migrations::{migrate, MIGRATIONS};
 pub use queries::{Cursor, HistoryRow, ListFilter, QuarantineRow, SagaRow, SagaView, ViewPage};
 pub use raw_json::RawJson;

@@ -57,27 +57,6 @@ pub async fn load_owned(
     }
 }
 
-/// The snapshots of those of `ids` whose partition (out of `n`) `instance` holds now: one
-/// statement for a batch of starts announced by another instance. Writes stay fenced by the
-/// lease as always; this only spares loading sagas driven elsewhere.
-pub async fn load_held(
-    pool: &Pool,
-    ids: &[Uuid],
-    instance: &str,
-    n: u32,
-) -> Result<Vec<SagaState>, StoreError> {
-    let client = pool.get().await?;
-    let stmt = client
-        .prepare_cached(
-            "SELECT s.id, s.state FROM sagas s
-               JOIN saga_partitions p ON p.partition = saga_partition(s.id, $3)
-              WHERE s.id = ANY($1) AND p.owner = $2 AND p.expires_at > now()",
-        )
-        .await?;
-    let rows = client.query(&stmt, &[&ids, &instance, &(n as i32)]).await?;
-    Ok(decode_drivable(rows))
-}
-
 /// Every unfinished saga of some partitions (out of `n`).
 pub async fn load_unfinished_in(
     pool: &Pool,

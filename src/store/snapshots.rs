@@ -149,17 +149,11 @@ SELECT id FROM upd";
 // however late this instance's notification of it is. The check is one probe of the
 // primary key of `saga_definitions` per start. Starts are inserted in batches (one statement,
 // one commit for every start waiting), no two with the same id in one batch.
-//
-// A start of a partition held by another instance (`wake`) is announced on
-// [`WAKE_CHANNEL`] in the same transaction: PostgreSQL delivers it at commit to every
-// listening instance, and the partition's holder loads the saga and sends step 1. One
-// notification carries up to 150 ids of 37 bytes (a payload holds less than 8,000); the
-// `woken` CTE is evaluated because the final SELECT reads it.
 const INSERT_STARTS: &str = "
 WITH input AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::text[],
-                         $6::jsonb[], $7::jsonb[], $8::text[], $9::text[], $10::bool[])
-        AS t(id, saga, dv, status, step, payload, state, event, trace, wake)
+                         $6::jsonb[], $7::jsonb[], $8::text[], $9::text[])
+        AS t(id, saga, dv, status, step, payload, state, event, trace)
 ), newer AS (
     SELECT i.id, EXISTS (SELECT 1 FROM saga_definitions d
                           WHERE d.name = i.saga AND d.version > i.dv) AS outdated
@@ -174,21 +168,8 @@ WITH input AS (
 ), ev AS (
     INSERT INTO saga_events (saga_id, version, event, step, status, traceparent)
     SELECT i.id, 1, i.event, i.step, i.status, i.trace FROM input i JOIN ins ON ins.id = i.id
-), woken AS (
-    SELECT pg_notify('saga_wake', string_agg(w.id::text, ',')) AS sent
-      FROM (SELECT ins.id, (row_number() OVER ()) / 150 AS chunk
-              FROM ins JOIN input i ON i.id = ins.id WHERE i.wake) w
-     GROUP BY w.chunk
 )
-SELECT n.id, EXISTS (SELECT 1 FROM ins WHERE ins.id = n.id), n.outdated,
-       (SELECT count(*) FROM woken) FROM newer n";
-
-/// The channel on which a start stored for another instance's partition is announced (a
-/// comma-separated list of saga ids per notification).
-pub const WAKE_CHANNEL: &str = "saga_wake";
-
-#[cfg(test)]
-pub(super) const INSERT_STARTS_FOR_TESTS: &str = INSERT_STARTS;
+SELECT n.id, EXISTS (SELECT 1 FROM ins WHERE ins.id = n.id), n.outdated FROM newer n";
 
 /// What one start's insert found, before a taken id is looked up.
 #[derive(Debug, Clone, Copy)]
@@ -209,8 +190,6 @@ struct StartRow {
     state: RawJson,
     event: String,
     trace: Option<String>,
-    /// Announced on [`WAKE_CHANNEL`] at commit: another instance holds its partition.
-    wake: bool,
 }
 
 struct StartJob {
@@ -263,13 +242,11 @@ impl SnapshotWriter {
     }
 
     /// Stores a new saga at version 1 with its `started` history row, unless its id is taken
-    /// or its definition version is no longer the latest of its type. With `wake`, the
-    /// commit also announces it on [`WAKE_CHANNEL`], for the instance holding its partition.
+    /// or its definition version is no longer the latest of its type.
     pub async fn insert_started(
         &self,
         state: &SagaState,
         record: &Record,
-        wake: bool,
     ) -> Result<InsertOutcome, StoreError> {
         let json = RawJson::of(state).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let row = StartRow {
@@ -282,7 +259,6 @@ impl SnapshotWriter {
             state: json,
             event: record.event.clone(),
             trace: state.traceparent.clone(),
-            wake,
         };
         let (done, wait) = oneshot::channel();
         self.starts
@@ -420,7 +396,6 @@ async fn insert_starts(
     let states: Vec<&RawJson> = rows.iter().map(|r| &r.state).collect();
     let events: Vec<&str> = rows.iter().map(|r| r.event.as_str()).collect();
     let traces: Vec<Option<&str>> = rows.iter().map(|r| r.trace.as_deref()).collect();
-    let wakes: Vec<bool> = rows.iter().map(|r| r.wake).collect();
     let client = pool.get().await?;
     let stmt = client.prepare_cached(INSERT_STARTS).await?;
     let found = client
@@ -428,7 +403,6 @@ async fn insert_starts(
             &stmt,
             &[
                 &ids, &sagas, &versions, &statuses, &steps, &payloads, &states, &events, &traces,
-                &wakes,
             ],
         )
         .await?;

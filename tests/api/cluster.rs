@@ -315,58 +315,6 @@ async fn with_two_instances_each_reply_goes_straight_to_its_owners_own_queue_wit
 }
 
 #[actix_web::test]
-async fn a_start_stored_for_a_partition_held_elsewhere_is_announced_to_its_holder_by_postgres_not_the_broker(
-) {
-    let first = spawn_app(None).await;
-    let names = first.names.clone();
-    let participants = Participants::start(&names, 3, always_done()).await;
-    let second = start_app_with(names.clone(), false, |s| {
-        s.cluster.instance_id = "second".into()
-    })
-    .await;
-    let split = wait_until(Duration::from_secs(20), || async {
-        let h = lease_holders(&names).await;
-        h.len() == 2 && h.values().all(|&n| n == 32)
-    })
-    .await;
-    assert!(split, "{:?}", lease_holders(&names).await);
-    // Every saga belongs to the second instance and is started on the first, at once.
-    let mut ids = Vec::new();
-    for _ in 0..30 {
-        ids.push(id_held_by(&names, "second").await);
-    }
-    let starts = ids
-        .iter()
-        .map(|id| first.start(json!({"saga_id": id, "saga": first.saga(), "payload": {}})));
-    for r in futures_util::future::join_all(starts).await {
-        assert_eq!(r.status(), 200);
-    }
-    // Well before the holder's sweep of sagas that never advanced (10 s after their start)
-    // could have found them.
-    let t0 = std::time::Instant::now();
-    for id in &ids {
-        assert!(
-            first
-                .wait_status(*id, "completed", Duration::from_secs(8))
-                .await,
-            "saga {id} completed after {:?}",
-            t0.elapsed()
-        );
-    }
-    // Nothing went through the partitions' queues: no hand-over was published or taken.
-    assert_eq!(
-        crate::amqp::replies_counted(&second, "handed_over").await,
-        0
-    );
-    // Each step ran once, driven by the holder alone.
-    for id in &ids {
-        assert_eq!(participants.for_saga(*id).len(), 3, "saga {id}");
-    }
-    second.stop().await;
-    participants.close().await;
-}
-
-#[actix_web::test]
 async fn with_quorum_queues_two_instances_each_declare_and_consume_their_own_queue() {
     let names = Names::new();
     write_definitions(&names, &[steps(&names, 3, 30_000, 3)]);
