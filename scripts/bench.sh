@@ -5,9 +5,11 @@
 # Knobs: BENCH_RUNS (3), BENCH_SAGAS (20000), BENCH_IDLE_SAGAS (100000), BENCH_PORT (3100),
 # BENCH_BIN (target/release: the binaries to measure, e.g. another build for a before/after),
 # BENCH_SVC (the orchestrator alone from another build; stubs and saga-bench from BENCH_BIN),
-# BENCH_ONLY (space-separated subset of: classic quorum steps10 payload rehydrate instances),
+# BENCH_ONLY (space-separated subset of: classic quorum steps10 payload rehydrate instances;
+# also `half`, not in the default set: the half-peak runs alone, after one peak run),
 # BENCH_HALF_RUNS (1: runs at half the peak rate), BENCH_HALF_RATE (that rate; default half
-# the median happy rate at C = 1,000 of this run).
+# the median happy rate at C = 1,000 of this run), BENCH_TIMELINE (1: the half-peak runs also
+# print each second's p50, p99, worst latency and machine busy share).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -16,6 +18,7 @@ SVC=${BENCH_SVC:-$BIN/saga-service}
 PORT=${BENCH_PORT:-3100}
 RUNS=${BENCH_RUNS:-3}
 HALF_RUNS=${BENCH_HALF_RUNS:-1}
+TIMELINE=$([ "${BENCH_TIMELINE:-0}" = 1 ] && echo --timeline || true)
 SAGAS=${BENCH_SAGAS:-20000}
 IDLE=${BENCH_IDLE_SAGAS:-100000}
 ONLY=${BENCH_ONLY:-classic quorum steps10 payload rehydrate instances}
@@ -135,10 +138,21 @@ if wants classic; then
     peak=$(awk '/\[classic\]/ {for (i=1;i<=NF;i++) if ($i ~ /^sagas_per_s=/) {split($i,a,"="); print a[2]}}' "$RESULTS" | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}')
     bench one-at-a-time 3 --sagas 500 --concurrency 1
     for _ in $(seq "$HALF_RUNS"); do
-        bench half-peak 3 --sagas "$SAGAS" --concurrency 100000 --rate "${BENCH_HALF_RATE:-$((peak / 2))}"
+        bench half-peak 3 --sagas "$SAGAS" --concurrency 100000 --rate "${BENCH_HALF_RATE:-$((peak / 2))}" ${TIMELINE:+"$TIMELINE"}
     done
     for _ in $(seq "$RUNS"); do bench compensate 3 --sagas "$SAGAS" --concurrency 1000 --workload compensate; done
     for _ in $(seq "$RUNS"); do bench mixed 3 --sagas "$SAGAS" --concurrency 1000 --workload mixed; done
+fi
+if wants half; then
+    fresh_stack classic 3
+    bench warmup 3 --sagas 2000 --concurrency 200 >/dev/null
+    if [ -z "${BENCH_HALF_RATE:-}" ]; then
+        bench classic 3 --sagas "$SAGAS" --concurrency 1000
+        peak=$(awk '/\[classic\]/ {for (i=1;i<=NF;i++) if ($i ~ /^sagas_per_s=/) {split($i,a,"="); print a[2]}}' "$RESULTS" | tail -1)
+    fi
+    for _ in $(seq "$HALF_RUNS"); do
+        bench half-peak 3 --sagas "$SAGAS" --concurrency 100000 --rate "${BENCH_HALF_RATE:-$((peak / 2))}" ${TIMELINE:+"$TIMELINE"}
+    done
 fi
 if wants payload; then
     fresh_stack classic 3

@@ -68,6 +68,11 @@ struct Args {
     /// A label printed in the result line.
     #[arg(long, default_value = "")]
     label: String,
+    /// Also print, per second of the run, the starts of that second with their p50, p99 and
+    /// worst latency, and the machine's busy share then: to tell a steady tail (queueing)
+    /// from spikes (something periodic).
+    #[arg(long)]
+    timeline: bool,
 }
 
 fn proc_cpu_seconds(pid: u32) -> Option<f64> {
@@ -169,6 +174,51 @@ fn proc_kib(pid: u32, key: &str) -> Option<u64> {
         .nth(1)?
         .parse()
         .ok()
+}
+
+/// The machine's busy share in each second of the run, appended once a second.
+async fn sample_busy_per_second(into: Arc<Mutex<Vec<f64>>>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last = machine_jiffies();
+    loop {
+        tick.tick().await;
+        let now = machine_jiffies();
+        if let (Some((b0, t0)), Some((b1, t1))) = (last, now) {
+            if t1 > t0 {
+                if let Ok(mut v) = into.lock() {
+                    v.push((b1 - b0) as f64 * 100.0 / (t1 - t0) as f64);
+                }
+            }
+        }
+        last = now;
+    }
+}
+
+/// One line per second of the run: starts in it, their p50, p99 and worst latency, and how
+/// busy the machine was in that second.
+fn print_timeline(started: &[(u64, f64)], busy: &[f64]) {
+    let mut by_second: HashMap<u64, Vec<f64>> = HashMap::new();
+    for (s, ms) in started {
+        by_second.entry(*s).or_default().push(*ms);
+    }
+    let mut seconds: Vec<u64> = by_second.keys().copied().collect();
+    seconds.sort_unstable();
+    for s in seconds {
+        let Some(lat) = by_second.get_mut(&s) else {
+            continue;
+        };
+        lat.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        let busy = busy
+            .get(s as usize)
+            .map_or("-".to_string(), |b| format!("{b:.0}"));
+        println!(
+            "  t={s:>4}s started={:>5} p50_ms={:.1} p99_ms={:.1} max_ms={:.1} machine_busy_pct={busy}",
+            lat.len(),
+            percentile(lat, 0.50),
+            percentile(lat, 0.99),
+            lat.last().copied().unwrap_or(0.0),
+        );
+    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -286,10 +336,16 @@ async fn main() -> anyhow::Result<()> {
     let machine0 = machine_jiffies();
     let sem = Arc::new(Semaphore::new(args.concurrency.max(1)));
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(args.sagas)));
+    // (second of the run the saga started in, latency in ms), for --timeline.
+    let started = Arc::new(Mutex::new(Vec::<(u64, f64)>::with_capacity(args.sagas)));
     let transitions = Arc::new(std::sync::atomic::AtomicI64::new(0));
     let failures = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let refusals = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let began = Instant::now();
+    let busy_by_second = Arc::new(Mutex::new(Vec::new()));
+    let sampler = args
+        .timeline
+        .then(|| tokio::spawn(sample_busy_per_second(busy_by_second.clone())));
     let mut tasks = Vec::with_capacity(args.sagas);
     let mut ticker = args
         .rate
@@ -300,6 +356,7 @@ async fn main() -> anyhow::Result<()> {
             t.tick().await;
         }
         let permit = sem.clone().acquire_owned().await?;
+        let started = started.clone();
         let (args, http, waiters, latencies, transitions, failures, refusals) = (
             args.clone(),
             http.clone(),
@@ -350,8 +407,12 @@ async fn main() -> anyhow::Result<()> {
             match tokio::time::timeout(Duration::from_secs(120), rx).await {
                 Ok(Ok(version)) => {
                     transitions.fetch_add(version, std::sync::atomic::Ordering::Relaxed);
+                    let ms = t0.elapsed().as_secs_f64() * 1000.0;
                     if let Ok(mut l) = latencies.lock() {
-                        l.push(t0.elapsed().as_secs_f64() * 1000.0);
+                        l.push(ms);
+                    }
+                    if let Ok(mut s) = started.lock() {
+                        s.push((t0.duration_since(began).as_secs(), ms));
                     }
                 }
                 _ => {
@@ -409,5 +470,12 @@ async fn main() -> anyhow::Result<()> {
         rss,
         split,
     );
+    if let Some(sampler) = sampler {
+        sampler.abort();
+        print_timeline(
+            &started.lock().map(|s| s.clone()).unwrap_or_default(),
+            &busy_by_second.lock().map(|b| b.clone()).unwrap_or_default(),
+        );
+    }
     Ok(())
 }
