@@ -125,6 +125,19 @@ bench() { # label, steps, saga-bench args...
     }' | tee -a "$OUT/db.txt"
 }
 
+# The median happy rate at C = 1,000 of this run so far (the `[classic]` lines).
+peak_rate() {
+    awk '/\[classic\]/ {for (i=1;i<=NF;i++) if ($i ~ /^sagas_per_s=/) {split($i,a,"="); print a[2]}}' "$RESULTS" |
+        sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)] + 0}'
+}
+
+# BENCH_HALF_RUNS runs offered BENCH_HALF_RATE starts per second, or half of $1.
+half_peak_runs() { # $1 peak rate
+    for _ in $(seq "$HALF_RUNS"); do
+        bench half-peak 3 --sagas "$SAGAS" --concurrency 100000 --rate "${BENCH_HALF_RATE:-$(($1 / 2))}" ${TIMELINE:+"$TIMELINE"}
+    done
+}
+
 metric() { curl -fs "http://127.0.0.1:$PORT/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
@@ -135,24 +148,17 @@ if wants classic; then
     bench warmup 3 --sagas 2000 --concurrency 200 >/dev/null
     for _ in $(seq "$RUNS"); do bench classic 3 --sagas "$SAGAS" --concurrency 1000; done
     for _ in $(seq "$RUNS"); do bench classic-200 3 --sagas "$SAGAS" --concurrency 200; done
-    peak=$(awk '/\[classic\]/ {for (i=1;i<=NF;i++) if ($i ~ /^sagas_per_s=/) {split($i,a,"="); print a[2]}}' "$RESULTS" | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}')
+    peak=$(peak_rate)
     bench one-at-a-time 3 --sagas 500 --concurrency 1
-    for _ in $(seq "$HALF_RUNS"); do
-        bench half-peak 3 --sagas "$SAGAS" --concurrency 100000 --rate "${BENCH_HALF_RATE:-$((peak / 2))}" ${TIMELINE:+"$TIMELINE"}
-    done
+    half_peak_runs "$peak"
     for _ in $(seq "$RUNS"); do bench compensate 3 --sagas "$SAGAS" --concurrency 1000 --workload compensate; done
     for _ in $(seq "$RUNS"); do bench mixed 3 --sagas "$SAGAS" --concurrency 1000 --workload mixed; done
 fi
 if wants half; then
     fresh_stack classic 3
     bench warmup 3 --sagas 2000 --concurrency 200 >/dev/null
-    if [ -z "${BENCH_HALF_RATE:-}" ]; then
-        bench classic 3 --sagas "$SAGAS" --concurrency 1000
-        peak=$(awk '/\[classic\]/ {for (i=1;i<=NF;i++) if ($i ~ /^sagas_per_s=/) {split($i,a,"="); print a[2]}}' "$RESULTS" | tail -1)
-    fi
-    for _ in $(seq "$HALF_RUNS"); do
-        bench half-peak 3 --sagas "$SAGAS" --concurrency 100000 --rate "${BENCH_HALF_RATE:-$((peak / 2))}" ${TIMELINE:+"$TIMELINE"}
-    done
+    [ -n "${BENCH_HALF_RATE:-}" ] || bench classic 3 --sagas "$SAGAS" --concurrency 1000
+    half_peak_runs "$(peak_rate)"
 fi
 if wants payload; then
     fresh_stack classic 3

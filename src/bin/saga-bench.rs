@@ -139,6 +139,11 @@ fn machine_jiffies() -> Option<(u64, u64)> {
     Some((total.saturating_sub(idle), total))
 }
 
+/// The machine's busy share (%) between two `machine_jiffies` samples.
+fn busy_pct((b0, t0): (u64, u64), (b1, t1): (u64, u64)) -> Option<f64> {
+    (t1 > t0).then(|| b1.saturating_sub(b0) as f64 * 100.0 / (t1 - t0) as f64)
+}
+
 /// `cpu_ms_per_saga=postgres:0.48,rabbitmq:0.45,...` and the machine's busy share.
 fn cpu_split(
     before: &HashMap<&'static str, f64>,
@@ -153,12 +158,9 @@ fn cpu_split(
             format!("{g}:{:.3}", used.max(0.0) * 1000.0 / sagas.max(1) as f64)
         })
         .collect();
-    let busy = match machine {
-        Some(((b0, t0), (b1, t1))) if t1 > t0 => {
-            format!("{:.0}", (b1 - b0) as f64 * 100.0 / (t1 - t0) as f64)
-        }
-        _ => "-".into(),
-    };
+    let busy = machine
+        .and_then(|(a, b)| busy_pct(a, b))
+        .map_or("-".into(), |b| format!("{b:.0}"));
     format!(
         "cpu_ms_per_saga={} machine_busy_pct={busy}",
         per_saga.join(",")
@@ -176,49 +178,49 @@ fn proc_kib(pid: u32, key: &str) -> Option<u64> {
         .ok()
 }
 
-/// The machine's busy share in each second of the run, appended once a second.
-async fn sample_busy_per_second(into: Arc<Mutex<Vec<f64>>>) {
+/// The machine's busy share in each second of the run: entry `s` covers second `s` (`None`
+/// when `/proc/stat` could not be read then).
+async fn sample_busy_per_second(into: Arc<Mutex<Vec<Option<f64>>>>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // The first tick is immediate: it marks the start of second 0.
+    tick.tick().await;
     let mut last = machine_jiffies();
     loop {
         tick.tick().await;
         let now = machine_jiffies();
-        if let (Some((b0, t0)), Some((b1, t1))) = (last, now) {
-            if t1 > t0 {
-                if let Ok(mut v) = into.lock() {
-                    v.push((b1 - b0) as f64 * 100.0 / (t1 - t0) as f64);
-                }
-            }
+        let share = last.zip(now).and_then(|(a, b)| busy_pct(a, b));
+        if let Ok(mut v) = into.lock() {
+            v.push(share);
         }
         last = now;
     }
 }
 
-/// One line per second of the run: starts in it, their p50, p99 and worst latency, and how
-/// busy the machine was in that second.
-fn print_timeline(started: &[(u64, f64)], busy: &[f64]) {
-    let mut by_second: HashMap<u64, Vec<f64>> = HashMap::new();
-    for (s, ms) in started {
-        by_second.entry(*s).or_default().push(*ms);
+/// One line per second of the run: sagas started in it, their p50, p99 and worst latency,
+/// and how busy the machine was in that second. `finished`: (start offset, latency ms).
+fn timeline(finished: &[(Duration, f64)], busy: &[Option<f64>]) -> Vec<String> {
+    let mut by_second: std::collections::BTreeMap<u64, Vec<f64>> = Default::default();
+    for (at, ms) in finished {
+        by_second.entry(at.as_secs()).or_default().push(*ms);
     }
-    let mut seconds: Vec<u64> = by_second.keys().copied().collect();
-    seconds.sort_unstable();
-    for s in seconds {
-        let Some(lat) = by_second.get_mut(&s) else {
-            continue;
-        };
-        lat.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-        let busy = busy
-            .get(s as usize)
-            .map_or("-".to_string(), |b| format!("{b:.0}"));
-        println!(
-            "  t={s:>4}s started={:>5} p50_ms={:.1} p99_ms={:.1} max_ms={:.1} machine_busy_pct={busy}",
-            lat.len(),
-            percentile(lat, 0.50),
-            percentile(lat, 0.99),
-            lat.last().copied().unwrap_or(0.0),
-        );
-    }
+    by_second
+        .into_iter()
+        .map(|(s, mut lat)| {
+            lat.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+            let busy = busy
+                .get(s as usize)
+                .copied()
+                .flatten()
+                .map_or("-".to_string(), |b| format!("{b:.0}"));
+            format!(
+                "  t={s:>4}s started={:>5} p50_ms={:.1} p99_ms={:.1} max_ms={:.1} machine_busy_pct={busy}",
+                lat.len(),
+                percentile(&lat, 0.50),
+                percentile(&lat, 0.99),
+                lat.last().copied().unwrap_or(0.0),
+            )
+        })
+        .collect()
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -335,9 +337,10 @@ async fn main() -> anyhow::Result<()> {
     let groups0 = cpu_by_group();
     let machine0 = machine_jiffies();
     let sem = Arc::new(Semaphore::new(args.concurrency.max(1)));
-    let latencies = Arc::new(Mutex::new(Vec::with_capacity(args.sagas)));
-    // (second of the run the saga started in, latency in ms), for --timeline.
-    let started = Arc::new(Mutex::new(Vec::<(u64, f64)>::with_capacity(args.sagas)));
+    // Per finished saga: when it started (from `began`) and its latency in ms.
+    let latencies = Arc::new(Mutex::new(Vec::<(Duration, f64)>::with_capacity(
+        args.sagas,
+    )));
     let transitions = Arc::new(std::sync::atomic::AtomicI64::new(0));
     let failures = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let refusals = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -356,7 +359,6 @@ async fn main() -> anyhow::Result<()> {
             t.tick().await;
         }
         let permit = sem.clone().acquire_owned().await?;
-        let started = started.clone();
         let (args, http, waiters, latencies, transitions, failures, refusals) = (
             args.clone(),
             http.clone(),
@@ -407,12 +409,11 @@ async fn main() -> anyhow::Result<()> {
             match tokio::time::timeout(Duration::from_secs(120), rx).await {
                 Ok(Ok(version)) => {
                     transitions.fetch_add(version, std::sync::atomic::Ordering::Relaxed);
-                    let ms = t0.elapsed().as_secs_f64() * 1000.0;
                     if let Ok(mut l) = latencies.lock() {
-                        l.push(ms);
-                    }
-                    if let Ok(mut s) = started.lock() {
-                        s.push((t0.duration_since(began).as_secs(), ms));
+                        l.push((
+                            t0.duration_since(began),
+                            t0.elapsed().as_secs_f64() * 1000.0,
+                        ));
                     }
                 }
                 _ => {
@@ -432,7 +433,8 @@ async fn main() -> anyhow::Result<()> {
         args.sagas,
         machine0.zip(machine_jiffies()),
     );
-    let mut lat = latencies.lock().map(|l| l.clone()).unwrap_or_default();
+    let finished = latencies.lock().map(|l| l.clone()).unwrap_or_default();
+    let mut lat: Vec<f64> = finished.iter().map(|(_, ms)| *ms).collect();
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     let done = lat.len();
     let cpu = match (args.pid.and_then(proc_cpu_seconds), cpu0) {
@@ -472,10 +474,41 @@ async fn main() -> anyhow::Result<()> {
     );
     if let Some(sampler) = sampler {
         sampler.abort();
-        print_timeline(
-            &started.lock().map(|s| s.clone()).unwrap_or_default(),
-            &busy_by_second.lock().map(|b| b.clone()).unwrap_or_default(),
-        );
+        let busy = busy_by_second.lock().map(|b| b.clone()).unwrap_or_default();
+        for line in timeline(&finished, &busy) {
+            println!("{line}");
+        }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_timeline_groups_sagas_by_the_second_they_started_in_with_that_seconds_busy_share() {
+        let ms = Duration::from_millis;
+        let finished = [(ms(100), 10.0), (ms(900), 30.0), (ms(2_500), 5.0)];
+        let lines = timeline(&finished, &[Some(91.4), None, Some(50.0)]);
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(
+            lines[0].contains("t=   0s started=    2 p50_ms=30.0"),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[0].contains("max_ms=30.0 machine_busy_pct=91"),
+            "{}",
+            lines[0]
+        );
+        assert!(lines[1].contains("t=   2s started=    1"), "{}", lines[1]);
+        assert!(lines[1].ends_with("machine_busy_pct=50"), "{}", lines[1]);
+    }
+
+    #[test]
+    fn the_busy_share_needs_time_to_have_passed() {
+        assert_eq!(busy_pct((10, 100), (60, 200)), Some(50.0));
+        assert_eq!(busy_pct((10, 100), (10, 100)), None);
+    }
 }
